@@ -1,0 +1,173 @@
+//! `plebnet bench`: every tracked figure, each a ratio against a baseline
+//! measured in the same run (medians of several runs, with min and max), as
+//! a table and as JSON.
+//!
+//! Figures whose part of plebnet is not built yet are listed with
+//! `"status": "not built"` and no value — never invented.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::table;
+
+mod memlink;
+mod raw_smoltcp;
+
+/// Options of `plebnet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Fewer and shorter runs (finishes in a couple of minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Only run figures whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// List measurable figures as "skipped" instead of measuring them
+    /// (checks the report's shape quickly).
+    #[arg(long, hide = true)]
+    skip_measured: bool,
+}
+
+/// Whether higher or lower values are better.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// One figure of the report (the JSON schema fixed by the Foundation issue).
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub name: &'static str,
+    /// `null` unless measured.
+    pub value: Option<f64>,
+    pub unit: &'static str,
+    pub goal: f64,
+    pub better: Better,
+    /// "measured", "not built" or "skipped".
+    pub status: &'static str,
+    /// Raw figures the value was computed from, and run statistics.
+    pub detail: serde_json::Value,
+}
+
+impl Figure {
+    fn not_built(name: &'static str, unit: &'static str, goal: f64, better: Better, part: &str) -> Self {
+        Figure {
+            name,
+            value: None,
+            unit,
+            goal,
+            better,
+            status: "not built",
+            detail: serde_json::json!({ "reason": format!("{part} is not built yet") }),
+        }
+    }
+
+    fn meets_goal(&self) -> Option<bool> {
+        let v = self.value?;
+        Some(match self.better {
+            Better::Higher => v >= self.goal,
+            Better::Lower => v <= self.goal,
+        })
+    }
+}
+
+/// Median, min and max of a sample.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Stats {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let median = if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
+        Stats { median, min: s[0], max: s[s.len() - 1], runs: s.len() }
+    }
+}
+
+/// How hard to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Effort {
+    pub runs: usize,
+    pub bytes: usize,
+}
+
+/// Runs the benchmarks and prints the report.
+pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let effort = if args.quick { Effort { runs: 3, bytes: 64 << 20 } } else { Effort { runs: 5, bytes: 256 << 20 } };
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut figures = Vec::new();
+    if args.skip_measured {
+        figures.push(Figure {
+            name: "memlink_tcp_vs_raw_smoltcp",
+            value: None,
+            unit: "ratio",
+            goal: 0.9,
+            better: Better::Higher,
+            status: "skipped",
+            detail: serde_json::json!({ "reason": "--skip-measured" }),
+        });
+    } else if wanted("memlink_tcp_vs_raw_smoltcp") {
+        eprintln!("measuring memlink_tcp_vs_raw_smoltcp ({} runs of {} MiB)...", effort.runs, effort.bytes >> 20);
+        figures.push(memlink::tcp_vs_raw_smoltcp(effort)?);
+    }
+    for f in not_yet_built() {
+        if wanted(f.name) {
+            figures.push(f);
+        }
+    }
+    print_report(&figures);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Figures named by the issues whose parts do not exist yet.
+fn not_yet_built() -> Vec<Figure> {
+    use Better::*;
+    vec![
+        Figure::not_built("tap_tcp_vs_raw_smoltcp", "ratio", 1.0, Higher, "the tap NIC"),
+        Figure::not_built("udp_mtu1400_tcp_vs_raw_udp", "ratio", 0.8, Higher, "the UDP NIC"),
+        Figure::not_built("udp_jumbo_tcp_vs_kernel_tcp", "ratio", 0.5, Higher, "the UDP NIC"),
+        Figure::not_built("tls_cells_vs_kernel_tls", "ratio", 0.8, Higher, "the TLS cell stream"),
+        Figure::not_built("multipath_aggregate_vs_single", "ratio", 1.8, Higher, "the multipath tunnel"),
+        Figure::not_built("multipath_failover_stall_s", "s", 1.0, Lower, "the multipath tunnel"),
+        Figure::not_built("hol_p99_dtls_vs_tls_2pct", "ratio", 0.33, Lower, "the DTLS link"),
+        Figure::not_built("shim_iperf3_vs_api", "ratio", 0.7, Higher, "the LD_PRELOAD shim"),
+        Figure::not_built("conns_10k_vs_10_goodput", "ratio", 0.8, Higher, "the flow table"),
+        Figure::not_built("rss_per_idle_conn_kib", "KiB", 64.0, Lower, "the flow table"),
+        Figure::not_built("connect_rate_vs_kernel", "ratio", 0.5, Higher, "the flow table"),
+    ]
+}
+
+fn print_report(figures: &[Figure]) {
+    let rows: Vec<Vec<String>> = figures
+        .iter()
+        .map(|f| {
+            let value = f.value.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".to_string());
+            let op = if f.better == Better::Higher { ">=" } else { "<=" };
+            let verdict = match f.meets_goal() {
+                Some(true) => "meets goal".to_string(),
+                Some(false) => "BELOW GOAL".to_string(),
+                None => f.status.to_string(),
+            };
+            vec![f.name.to_string(), value, f.unit.to_string(), format!("{op} {}", f.goal), verdict]
+        })
+        .collect();
+    println!("{}", table::render(&["figure", "value", "unit", "goal", "status"], &rows));
+}

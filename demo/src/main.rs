@@ -1,0 +1,45 @@
+//! `plebnet` — the command-line face of plebnet.
+//!
+//! * `plebnet demo` — the main job: stacks, traffic, a summary with hashes.
+//! * `plebnet bench` — every figure the project tracks, as ratios against
+//!   baselines measured in the same run.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod table;
+
+/// plebnet: a userspace TCP/IP transport for overlays and relays.
+#[derive(Parser, Debug)]
+#[command(name = "plebnet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the built-in demonstration (no root, no configuration needed).
+    Demo(demo::DemoArgs),
+    /// Measure every tracked figure against its baseline.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("plebnet: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

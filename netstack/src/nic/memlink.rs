@@ -1,0 +1,273 @@
+//! MemLink: an in-memory point-to-point IP link between two stacks in one
+//! process.
+//!
+//! Each direction is a bounded queue of packets. A full queue drops the new
+//! packet and counts it (`dropped_queue_full`), like a real interface's
+//! transmit ring; memory never grows past `queue_packets` buffers per
+//! direction. Buffers are recycled from receiver back to sender, so a steady
+//! transfer allocates nothing per packet.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use super::Nic;
+use crate::stats::CounterSource;
+use crate::wake::DriverWaker;
+
+/// Settings of a [`MemLink`].
+#[derive(Debug, Clone)]
+pub struct MemLinkConfig {
+    /// Largest IP packet the link carries, in bytes.
+    pub mtu: usize,
+    /// Packets each direction can hold before it drops.
+    pub queue_packets: usize,
+}
+
+impl Default for MemLinkConfig {
+    fn default() -> Self {
+        Self { mtu: 1500, queue_packets: 4096 }
+    }
+}
+
+crate::counters! {
+    /// What one end of a MemLink did.
+    pub struct MemLinkCounters {
+        /// Packets handed to the peer.
+        tx_packets,
+        /// Bytes handed to the peer.
+        tx_bytes,
+        /// Packets taken from the peer.
+        rx_packets,
+        /// Bytes taken from the peer.
+        rx_bytes,
+        /// Packets dropped because the peer's queue was full.
+        dropped_queue_full,
+        /// Packets dropped because they were larger than the MTU.
+        dropped_too_big,
+    }
+}
+
+/// One direction of the link.
+#[derive(Debug, Default)]
+struct Wire {
+    queue: Mutex<WireQueue>,
+    /// The receiving driver's doorbell, set when that end is attached.
+    receiver: OnceLock<DriverWaker>,
+}
+
+#[derive(Debug, Default)]
+struct WireQueue {
+    packets: VecDeque<Vec<u8>>,
+    free: Vec<Vec<u8>>,
+}
+
+/// Constructor of MemLink pairs.
+#[derive(Debug)]
+pub struct MemLink;
+
+impl MemLink {
+    /// Two NICs joined back to back: what one transmits, the other receives.
+    pub fn pair(config: MemLinkConfig) -> (MemNic, MemNic) {
+        let ab = Arc::new(Wire::default());
+        let ba = Arc::new(Wire::default());
+        let a = MemNic::new(ab.clone(), ba.clone(), &config);
+        let b = MemNic::new(ba, ab, &config);
+        (a, b)
+    }
+}
+
+/// One end of a [`MemLink`].
+#[derive(Debug)]
+pub struct MemNic {
+    tx: Arc<Wire>,
+    rx: Arc<Wire>,
+    mtu: usize,
+    queue_packets: usize,
+    /// Packets taken from `rx` in one batch, not yet given to the stack.
+    inbox: VecDeque<Vec<u8>>,
+    /// Consumed buffers, returned to `rx`'s free list in batches.
+    spare: Vec<Vec<u8>>,
+    counters: Arc<MemLinkCounters>,
+}
+
+impl MemNic {
+    fn new(tx: Arc<Wire>, rx: Arc<Wire>, config: &MemLinkConfig) -> Self {
+        Self {
+            tx,
+            rx,
+            mtu: config.mtu,
+            queue_packets: config.queue_packets.max(1),
+            inbox: VecDeque::new(),
+            spare: Vec::new(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// This end's counters.
+    pub fn stats(&self) -> Arc<MemLinkCounters> {
+        self.counters.clone()
+    }
+
+    fn refill_inbox(&mut self) {
+        let mut wire = self.rx.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut self.inbox, &mut wire.packets);
+        let keep = self.queue_packets;
+        for buf in self.spare.drain(..) {
+            if wire.free.len() < keep {
+                wire.free.push(buf);
+            }
+        }
+    }
+}
+
+/// A received packet; its buffer goes back to the free list when consumed.
+pub struct MemRx<'a> {
+    buf: Vec<u8>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+/// Permission to send one packet to the peer.
+pub struct MemTx<'a> {
+    wire: &'a Wire,
+    mtu: usize,
+    queue_packets: usize,
+    counters: &'a MemLinkCounters,
+}
+
+impl phy::RxToken for MemRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let r = f(&self.buf);
+        self.spare.push(self.buf);
+        r
+    }
+}
+
+impl phy::TxToken for MemTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = {
+            let mut wire = self.wire.queue.lock().unwrap_or_else(|e| e.into_inner());
+            wire.free.pop().unwrap_or_default()
+        };
+        buf.clear();
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        if len > self.mtu {
+            self.counters.dropped_too_big.inc();
+            return r;
+        }
+        let queued = {
+            let mut wire = self.wire.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if wire.packets.len() >= self.queue_packets {
+                wire.free.push(buf);
+                false
+            } else {
+                wire.packets.push_back(buf);
+                true
+            }
+        };
+        if queued {
+            self.counters.tx_packets.inc();
+            self.counters.tx_bytes.add(len as u64);
+            if let Some(waker) = self.wire.receiver.get() {
+                waker.wake();
+            }
+        } else {
+            self.counters.dropped_queue_full.inc();
+        }
+        r
+    }
+}
+
+impl Device for MemNic {
+    type RxToken<'a> = MemRx<'a>;
+    type TxToken<'a> = MemTx<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if self.inbox.is_empty() {
+            self.refill_inbox();
+        }
+        let buf = self.inbox.pop_front()?;
+        self.counters.rx_packets.inc();
+        self.counters.rx_bytes.add(buf.len() as u64);
+        let rx = MemRx { buf, spare: &mut self.spare };
+        let tx = MemTx { wire: &self.tx, mtu: self.mtu, queue_packets: self.queue_packets, counters: &self.counters };
+        Some((rx, tx))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        Some(MemTx { wire: &self.tx, mtu: self.mtu, queue_packets: self.queue_packets, counters: &self.counters })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps
+    }
+}
+
+impl Nic for MemNic {
+    fn attach(&mut self, waker: DriverWaker) {
+        let _ = self.rx.receiver.set(waker.clone());
+        // Packets sent before we were attached must not wait for a timer.
+        waker.wake();
+    }
+
+    fn counters(&self) -> Vec<(String, Arc<dyn CounterSource>)> {
+        vec![("memlink".to_string(), self.counters.clone() as Arc<dyn CounterSource>)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::{RxToken, TxToken};
+
+    fn send(nic: &mut MemNic, payload: &[u8]) {
+        let tok = nic.transmit(Instant::ZERO).unwrap();
+        tok.consume(payload.len(), |b| b.copy_from_slice(payload));
+    }
+
+    fn recv(nic: &mut MemNic) -> Option<Vec<u8>> {
+        let (rx, _tx) = nic.receive(Instant::ZERO)?;
+        Some(rx.consume(|b| b.to_vec()))
+    }
+
+    #[test]
+    fn delivers_in_order_both_ways() {
+        let (mut a, mut b) = MemLink::pair(MemLinkConfig::default());
+        for i in 0..10u8 {
+            send(&mut a, &[i; 20]);
+        }
+        send(&mut b, b"back");
+        for i in 0..10u8 {
+            assert_eq!(recv(&mut b).unwrap(), vec![i; 20]);
+        }
+        assert!(recv(&mut b).is_none());
+        assert_eq!(recv(&mut a).unwrap(), b"back");
+        assert_eq!(a.stats().tx_packets.get(), 10);
+        assert_eq!(b.stats().rx_bytes.get(), 200);
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts() {
+        let (mut a, mut b) = MemLink::pair(MemLinkConfig { mtu: 1500, queue_packets: 3 });
+        for i in 0..5u8 {
+            send(&mut a, &[i]);
+        }
+        assert_eq!(a.stats().dropped_queue_full.get(), 2);
+        let got: Vec<_> = std::iter::from_fn(|| recv(&mut b)).collect();
+        assert_eq!(got, vec![vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn oversized_packet_is_dropped() {
+        let (mut a, mut b) = MemLink::pair(MemLinkConfig { mtu: 100, queue_packets: 8 });
+        send(&mut a, &[0; 101]);
+        assert!(recv(&mut b).is_none());
+        assert_eq!(a.stats().dropped_too_big.get(), 1);
+    }
+}

@@ -1,0 +1,63 @@
+//! Virtual NICs and the middlewares that wrap them.
+//!
+//! A NIC is a smoltcp [`Device`] plus the few things a driver thread needs to
+//! sleep correctly: a way to be woken when a packet arrives
+//! ([`Nic::attach`] for in-memory NICs, [`Nic::readiness_fd`] for kernel
+//! ones), and a deadline for timed work of its own ([`Nic::poll_at`], used by
+//! middlewares that delay packets). Middlewares such as [`Impair`] are NICs
+//! that own another NIC, so any NIC can be made lossy.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use smoltcp::phy::Device;
+use smoltcp::time::Instant;
+
+use crate::stats::CounterSource;
+use crate::wake::DriverWaker;
+
+mod impair;
+mod impair_pipe;
+mod memlink;
+
+pub use impair::{Impair, ImpairConfig, ImpairCounters};
+pub use impair_pipe::ImpairPipe;
+pub use memlink::{MemLink, MemLinkConfig, MemLinkCounters, MemNic};
+
+/// A virtual network interface that a stack driver can own.
+///
+/// Contract for implementors:
+/// * `receive`/`transmit` never block;
+/// * a packet that cannot be delivered or sent is dropped *and counted* in
+///   one of the [`counters`](Nic::counters);
+/// * when a packet becomes receivable, the NIC either makes
+///   [`readiness_fd`](Nic::readiness_fd) readable or rings the waker given to
+///   [`attach`](Nic::attach).
+pub trait Nic: Device + Send + 'static {
+    /// Gives the NIC the doorbell of the driver that owns it. In-memory NICs
+    /// hand it to their peer so that a transmit wakes this driver.
+    fn attach(&mut self, waker: DriverWaker) {
+        let _ = waker;
+    }
+
+    /// A descriptor that is readable when packets are waiting, for NICs
+    /// backed by the kernel.
+    fn readiness_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// When the NIC next needs [`service`](Nic::service) (delayed packets).
+    fn poll_at(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Does timed work that is due at `now`, such as releasing delayed packets.
+    fn service(&mut self, now: Instant) {
+        let _ = now;
+    }
+
+    /// The NIC's counters, and those of any NIC it wraps, by layer name.
+    fn counters(&self) -> Vec<(String, Arc<dyn CounterSource>)> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,122 @@
+//! The std::net-like socket API over a [`Stack`](crate::Stack).
+//!
+//! Every blocking call follows one pattern ([`block_on`]): lock the core, try
+//! the operation, and if it cannot complete yet, register the socket's
+//! per-direction [`Event`](crate::wake::Event) with smoltcp and sleep on it
+//! outside the lock. Readers and writers wait on different events, so a
+//! blocked reader never delays a writer on a clone of the same stream.
+
+use std::io;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Stack;
+use crate::stack::core::Core;
+use crate::wake::Event;
+
+mod ping;
+mod tcp_listener;
+mod tcp_stream;
+mod udp;
+
+pub use tcp_listener::{Incoming, TcpListener};
+pub use tcp_stream::TcpStream;
+pub use udp::UdpSocket;
+
+/// Per-socket options shared by all clones of a socket, as in the kernel.
+#[derive(Debug, Default)]
+pub(crate) struct SocketOptions {
+    nonblocking: AtomicBool,
+    read_timeout: Mutex<Option<Duration>>,
+    write_timeout: Mutex<Option<Duration>>,
+}
+
+impl SocketOptions {
+    pub(crate) fn nonblocking(&self) -> bool {
+        self.nonblocking.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_nonblocking(&self, on: bool) {
+        self.nonblocking.store(on, Ordering::Relaxed);
+    }
+    pub(crate) fn read_timeout(&self) -> Option<Duration> {
+        *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn write_timeout(&self) -> Option<Duration> {
+        *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        check_timeout(t)?;
+        *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        Ok(())
+    }
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        check_timeout(t)?;
+        *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        Ok(())
+    }
+}
+
+/// std rejects a zero timeout with InvalidInput; so do we.
+fn check_timeout(t: Option<Duration>) -> io::Result<()> {
+    if t == Some(Duration::ZERO) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"));
+    }
+    Ok(())
+}
+
+/// How a blocking call may wait.
+pub(crate) struct Wait {
+    pub(crate) nonblocking: bool,
+    pub(crate) deadline: Option<Instant>,
+    /// Error for an expired deadline.
+    pub(crate) on_timeout: fn() -> io::Error,
+}
+
+impl Wait {
+    /// A wait for a read or write with the socket's timeout: like Linux's
+    /// SO_RCVTIMEO/SO_SNDTIMEO, expiry reports `WouldBlock`.
+    pub(crate) fn io(nonblocking: bool, timeout: Option<Duration>) -> Self {
+        Self {
+            nonblocking,
+            deadline: timeout.map(|t| Instant::now() + t),
+            on_timeout: || {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the socket's timeout expired before the operation could complete",
+                )
+            },
+        }
+    }
+}
+
+/// Runs `attempt` under the core lock until it gives a result, sleeping on
+/// `event` between tries. `attempt` must register `event`'s waker with
+/// smoltcp before returning `None`.
+pub(crate) fn block_on<T>(
+    stack: &Stack,
+    event: &Event,
+    wait: Wait,
+    mut attempt: impl FnMut(&mut Core) -> Option<io::Result<T>>,
+) -> io::Result<T> {
+    loop {
+        let seen = {
+            let mut core = stack.shared().lock();
+            // Read before unlocking: notifications happen under the lock,
+            // so none can slip in between this read and the wait below.
+            let seen = event.seq();
+            if let Some(result) = attempt(&mut core) {
+                drop(core);
+                stack.wake_driver();
+                return result;
+            }
+            seen
+        };
+        if wait.nonblocking {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "operation would block"));
+        }
+        if !event.wait(seen, wait.deadline) {
+            return Err((wait.on_timeout)());
+        }
+    }
+}

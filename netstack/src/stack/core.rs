@@ -1,0 +1,305 @@
+//! The state shared by a stack's driver and its sockets, behind one mutex:
+//! the smoltcp interface and socket set, ports, listeners and orphans.
+//!
+//! Application threads lock it briefly to move bytes in or out of a socket
+//! buffer; the driver locks it to poll smoltcp. Nobody blocks while holding it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{IpAddress, IpListenEndpoint};
+
+use super::config::StackConfig;
+use super::device::SynGuard;
+use super::ingress::FourTuple;
+use super::ports::PortTable;
+use crate::stats::StackCounters;
+use crate::wake::Event;
+
+/// A listener's share of the core.
+#[derive(Debug)]
+pub(crate) struct ListenerState {
+    pub(crate) endpoint: IpListenEndpoint,
+    /// Which address family the listener accepts (`None`: both).
+    pub(crate) family: Option<bool>,
+    pub(crate) backlog: usize,
+    /// Sockets in LISTEN, waiting for a SYN.
+    pub(crate) pool: Vec<SocketHandle>,
+    /// Sockets that left LISTEN and are not yet accepted, in arrival order.
+    pub(crate) pending: VecDeque<(SocketHandle, FourTuple)>,
+    pub(crate) accept_event: Arc<Event>,
+    /// Accept-ready connections at the last notification.
+    notified_ready: usize,
+}
+
+/// A connection nobody holds any more, kept until its close completes.
+#[derive(Debug)]
+pub(crate) struct Orphan {
+    pub(crate) handle: SocketHandle,
+    /// The ephemeral port to release when it is gone.
+    pub(crate) port: Option<u16>,
+    /// Its tuple in the SYN guard, for passive connections.
+    pub(crate) passive: Option<FourTuple>,
+    pub(crate) since: Instant,
+}
+
+/// Everything behind the stack lock.
+pub(crate) struct Core {
+    pub(crate) iface: Interface,
+    pub(crate) sockets: SocketSet<'static>,
+    pub(crate) ports: PortTable,
+    pub(crate) listeners: HashMap<u64, ListenerState>,
+    next_listener: u64,
+    pub(crate) orphans: Vec<Orphan>,
+    pub(crate) config: StackConfig,
+    pub(crate) counters: Arc<StackCounters>,
+    /// The time of the driver's latest poll.
+    pub(crate) now: Instant,
+    pub(crate) shutdown: bool,
+}
+
+impl Core {
+    pub(crate) fn new(iface: Interface, config: StackConfig, counters: Arc<StackCounters>, seed: u64) -> Self {
+        Self {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            ports: PortTable::new(seed),
+            listeners: HashMap::new(),
+            next_listener: 1,
+            orphans: Vec::new(),
+            config,
+            counters,
+            now: Instant::ZERO,
+            shutdown: false,
+        }
+    }
+
+    /// A fresh TCP socket with the configured buffers and options.
+    pub(crate) fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+        new_tcp_socket(&self.config)
+    }
+
+    /// True if the stack has a way to reach `dst`: an attached prefix, a
+    /// route, or loopback.
+    pub(crate) fn can_reach(&self, dst: IpAddr) -> bool {
+        if dst.is_loopback() || self.config.addresses.iter().any(|c| c.addr == dst) {
+            return true;
+        }
+        self.config.addresses.iter().any(|c| c.contains(dst)) || self.config.routes.iter().any(|r| r.dest.contains(dst))
+    }
+
+    /// True if the stack has a non-loopback address of `dst`'s family.
+    pub(crate) fn has_family(&self, dst: IpAddr) -> bool {
+        self.config.addresses.iter().any(|c| c.addr.is_ipv4() == dst.is_ipv4())
+    }
+
+    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    /// Registers a listener and returns its id.
+    pub(crate) fn add_listener(
+        &mut self,
+        endpoint: IpListenEndpoint,
+        family: Option<bool>,
+        backlog: usize,
+    ) -> (u64, Arc<Event>) {
+        let id = self.next_listener;
+        self.next_listener += 1;
+        let accept_event = Arc::new(Event::default());
+        let mut listener = ListenerState {
+            endpoint,
+            family,
+            backlog: backlog.max(1),
+            pool: Vec::new(),
+            pending: VecDeque::new(),
+            accept_event: accept_event.clone(),
+            notified_ready: 0,
+        };
+        // The pool must exist before the caller returns: a SYN may already
+        // be on its way.
+        refill_pool(&mut listener, &mut self.sockets, &self.config);
+        self.listeners.insert(id, listener);
+        (id, accept_event)
+    }
+
+    /// Takes the oldest fully established connection of listener `id`.
+    pub(crate) fn take_accepted(&mut self, id: u64) -> Option<(SocketHandle, FourTuple)> {
+        let listener = self.listeners.get_mut(&id)?;
+        let sockets = &self.sockets;
+        let index =
+            listener.pending.iter().position(|(h, _)| is_accept_ready(sockets.get::<tcp::Socket>(*h).state()))?;
+        let taken = listener.pending.remove(index);
+        listener.notified_ready = listener.notified_ready.saturating_sub(1);
+        taken
+    }
+
+    /// After each poll: move sockets that got a SYN from the pool to the
+    /// pending queue, refill pools, wake acceptors, and tear down closed
+    /// listeners. Refreshes the SYN guard's view of free listening sockets.
+    pub(crate) fn maintain_listeners(&mut self, guard: &mut SynGuard) {
+        guard.available.clear();
+        for listener in self.listeners.values_mut() {
+            sort_pool(listener, &mut self.sockets, guard);
+            refill_pool(listener, &mut self.sockets, &self.config);
+            *guard.available.entry(listener.endpoint.port).or_default() += listener.pool.len();
+            let ready = listener
+                .pending
+                .iter()
+                .filter(|(h, _)| is_accept_ready(self.sockets.get::<tcp::Socket>(*h).state()))
+                .count();
+            if ready > 0 && ready != listener.notified_ready {
+                listener.accept_event.notify();
+            }
+            listener.notified_ready = ready;
+        }
+        guard.new_batch();
+    }
+
+    /// Tears a listener down at once, so that no SYN arriving afterwards can
+    /// reach it: listening sockets go, unaccepted connections are reset (as
+    /// Linux does) and left to the orphan reaper.
+    pub(crate) fn close_listener(&mut self, id: u64) {
+        let Some(listener) = self.listeners.remove(&id) else {
+            return;
+        };
+        for h in listener.pool {
+            self.sockets.remove(h);
+        }
+        for (h, tuple) in listener.pending {
+            self.tcp(h).abort();
+            let since = self.now;
+            self.orphans.push(Orphan { handle: h, port: None, passive: Some(tuple), since });
+        }
+        self.ports.release_tcp_listener(listener.endpoint.addr, listener.endpoint.port);
+    }
+
+    /// Removes orphans whose connection has finished; aborts those that
+    /// lingered longer than the configured limit.
+    pub(crate) fn reap_orphans(&mut self, guard: &mut SynGuard) {
+        let now = self.now;
+        let linger = to_smol(self.config.orphan_linger);
+        let mut i = 0;
+        while i < self.orphans.len() {
+            let orphan = &self.orphans[i];
+            let socket = self.sockets.get_mut::<tcp::Socket>(orphan.handle);
+            if socket.state() == tcp::State::Closed {
+                let orphan = self.orphans.swap_remove(i);
+                self.sockets.remove(orphan.handle);
+                if let Some(port) = orphan.port {
+                    self.ports.release_tcp_conn(port);
+                }
+                if let Some(tuple) = orphan.passive {
+                    guard.live.remove(&tuple);
+                }
+                continue;
+            }
+            if now - orphan.since > linger && socket.state() != tcp::State::TimeWait {
+                socket.abort();
+                self.counters.orphans_aborted.inc();
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Tops the listener's pool of LISTEN sockets up to the configured size,
+/// leaving room for the connections already pending within the backlog.
+fn refill_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, config: &StackConfig) {
+    let want = config.listen_pool.max(1).min(listener.backlog.saturating_sub(listener.pending.len()));
+    while listener.pool.len() < want {
+        let mut socket = new_tcp_socket(config);
+        if socket.listen(listener.endpoint).is_err() {
+            break;
+        }
+        listener.pool.push(sockets.add(socket));
+    }
+}
+
+/// Moves sockets between a listener's pool and pending queue according to
+/// their TCP state.
+fn sort_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, guard: &mut SynGuard) {
+    let mut i = 0;
+    while i < listener.pool.len() {
+        let h = listener.pool[i];
+        let socket = sockets.get_mut::<tcp::Socket>(h);
+        match socket.state() {
+            tcp::State::Listen => i += 1,
+            tcp::State::Closed => {
+                listener.pool.swap_remove(i);
+                sockets.remove(h);
+            }
+            _ => {
+                listener.pool.swap_remove(i);
+                let Some(tuple) = tuple_of(socket) else {
+                    socket.abort();
+                    continue;
+                };
+                let wrong_family = listener.family.is_some_and(|v4| tuple.0.version() != family_version(v4));
+                if wrong_family {
+                    socket.abort();
+                    continue;
+                }
+                guard.live.insert(tuple);
+                listener.pending.push_back((h, tuple));
+            }
+        }
+    }
+    // Pending sockets whose handshake was reset go back to LISTEN (smoltcp)
+    // or to CLOSED.
+    let mut j = 0;
+    while j < listener.pending.len() {
+        let (h, tuple) = listener.pending[j];
+        match sockets.get::<tcp::Socket>(h).state() {
+            tcp::State::Listen => {
+                guard.live.remove(&tuple);
+                let _ = listener.pending.remove(j);
+                listener.pool.push(h);
+            }
+            tcp::State::Closed => {
+                guard.live.remove(&tuple);
+                let _ = listener.pending.remove(j);
+                sockets.remove(h);
+            }
+            _ => j += 1,
+        }
+    }
+}
+
+fn family_version(v4: bool) -> smoltcp::wire::IpVersion {
+    if v4 { smoltcp::wire::IpVersion::Ipv4 } else { smoltcp::wire::IpVersion::Ipv6 }
+}
+
+fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
+    // `vec![0; n]` comes from calloc: untouched pages cost no resident
+    // memory, so idle connections stay small.
+    let rx = tcp::SocketBuffer::new(vec![0u8; config.tcp_rx_buffer]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; config.tcp_tx_buffer]);
+    let mut socket = tcp::Socket::new(rx, tx);
+    socket.set_timeout(Some(to_smol(config.tcp_user_timeout)));
+    socket
+}
+
+/// A connection can be accepted once its handshake completed.
+fn is_accept_ready(state: tcp::State) -> bool {
+    !matches!(state, tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent | tcp::State::Closed)
+}
+
+pub(crate) fn tuple_of(socket: &tcp::Socket) -> Option<FourTuple> {
+    let local = socket.local_endpoint()?;
+    let remote = socket.remote_endpoint()?;
+    Some((local.addr, local.port, remote.addr, remote.port))
+}
+
+pub(crate) fn to_smol(d: std::time::Duration) -> smoltcp::time::Duration {
+    smoltcp::time::Duration::from_micros(d.as_micros().min(u64::MAX as u128) as u64)
+}
+
+/// std address of a smoltcp endpoint.
+pub(crate) fn to_std(addr: IpAddress, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.into(), port)
+}

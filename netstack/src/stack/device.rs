@@ -1,0 +1,258 @@
+//! The device the stack's smoltcp interface actually polls: the NIC plus
+//! three things smoltcp lacks.
+//!
+//! * **Loopback**: packets to the stack's own addresses, 127.0.0.0/8 and ::1
+//!   never reach the NIC; they are queued and received again.
+//! * **Ingress validation** ([`ingress::inspect`]): malformed, corrupt and
+//!   martian packets are refused with a counter instead of silently.
+//! * **SYN guard**: a SYN for a connection that already exists (a
+//!   retransmission) is dropped instead of reaching a second listening socket,
+//!   and SYNs beyond a listener's backlog are dropped and counted instead of
+//!   being answered with RST.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities};
+use smoltcp::time::Instant;
+use smoltcp::wire::IpAddress;
+
+use super::ingress::{self, FourTuple, Refusal};
+use super::recovery::{COPIES, RecoveryAssist};
+use crate::nic::Nic;
+use crate::stats::StackCounters;
+
+/// Admission control for connection-opening segments.
+#[derive(Debug, Default)]
+pub(crate) struct SynGuard {
+    /// 4-tuples of passive connections that are alive.
+    pub(crate) live: HashSet<FourTuple>,
+    /// Listening sockets free per local port, refreshed after every poll.
+    pub(crate) available: HashMap<u16, usize>,
+    /// SYNs admitted since the last refresh.
+    batch: HashSet<FourTuple>,
+}
+
+impl SynGuard {
+    /// Decides whether a SYN may reach smoltcp.
+    fn admit(&mut self, tuple: FourTuple, counters: &StackCounters) -> bool {
+        if self.live.contains(&tuple) || self.batch.contains(&tuple) {
+            counters.syn_dropped_duplicate.inc();
+            return false;
+        }
+        match self.available.get_mut(&tuple.1) {
+            // No listener: smoltcp answers with RST, as a closed port should.
+            None => true,
+            Some(0) => {
+                counters.syn_dropped_backlog_full.inc();
+                false
+            }
+            Some(n) => {
+                *n -= 1;
+                self.batch.insert(tuple);
+                true
+            }
+        }
+    }
+
+    /// Starts a new admission batch; `available` has just been refreshed.
+    pub(crate) fn new_batch(&mut self) {
+        self.batch.clear();
+    }
+}
+
+/// The NIC as the stack's interface sees it.
+#[derive(Debug)]
+pub(crate) struct StackDevice<N: Nic> {
+    pub(crate) nic: N,
+    pub(crate) guard: SynGuard,
+    /// Pure duplicate ACKs from the recovery assist, delivered next.
+    inject: VecDeque<Vec<u8>>,
+    assist: RefCell<RecoveryAssist>,
+    loopq: VecDeque<Vec<u8>>,
+    loop_free: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+    local: Vec<IpAddress>,
+    counters: Arc<StackCounters>,
+}
+
+impl<N: Nic> StackDevice<N> {
+    pub(crate) fn new(nic: N, local: Vec<IpAddress>, counters: Arc<StackCounters>) -> Self {
+        Self {
+            nic,
+            guard: SynGuard::default(),
+            inject: VecDeque::new(),
+            assist: RefCell::new(RecoveryAssist::default()),
+            loopq: VecDeque::new(),
+            loop_free: Vec::new(),
+            scratch: Vec::new(),
+            local,
+            counters,
+        }
+    }
+
+    /// Timed work: recovery probes that are due.
+    pub(crate) fn service(&mut self, now: Instant) {
+        self.nic.service(now);
+        let before = self.inject.len();
+        self.assist.get_mut().on_timer(now, &mut self.inject);
+        self.counters.recovery_acks_injected.add((self.inject.len() - before) as u64);
+    }
+
+    /// When [`service`](Self::service) is next needed.
+    pub(crate) fn poll_at(&self) -> Option<Instant> {
+        [self.nic.poll_at(), self.assist.borrow().poll_at()].into_iter().flatten().min()
+    }
+
+    /// True if looped-back packets wait to be received.
+    pub(crate) fn has_loopback(&self) -> bool {
+        !self.loopq.is_empty() || !self.inject.is_empty()
+    }
+}
+
+fn is_local(local: &[IpAddress], dst: IpAddress) -> bool {
+    let loopback = match dst {
+        IpAddress::Ipv4(a) => a.is_loopback(),
+        IpAddress::Ipv6(a) => a.is_loopback(),
+    };
+    loopback || local.contains(&dst)
+}
+
+/// A received packet, from the NIC or from the loopback queue.
+pub(crate) enum StackRx<'a, R> {
+    Nic {
+        token: R,
+        guard: &'a mut SynGuard,
+        assist: &'a RefCell<RecoveryAssist>,
+        inject: &'a mut VecDeque<Vec<u8>>,
+        counters: &'a StackCounters,
+        now: Instant,
+    },
+    Loop {
+        packet: Vec<u8>,
+        free: &'a mut Vec<Vec<u8>>,
+        guard: &'a mut SynGuard,
+        counters: &'a StackCounters,
+    },
+}
+
+impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
+    fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
+        match self {
+            StackRx::Nic { token, guard, assist, inject, counters, now } => token.consume(|packet| {
+                counters.rx_packets.inc();
+                counters.rx_bytes.add(packet.len() as u64);
+                match ingress::inspect(packet, false) {
+                    Ok(acc) if acc.syn.is_none_or(|t| guard.admit(t, counters)) => {
+                        // Bind first: smoltcp may transmit (and so borrow the
+                        // assist) while handling the packet.
+                        let assisted = assist.borrow_mut().on_ingress(now, packet);
+                        if let Some(ack) = assisted {
+                            // The pure ACKs go first, then the real segment.
+                            counters.recovery_acks_injected.add(u64::from(COPIES));
+                            inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
+                            inject.push_back(packet.to_vec());
+                            return f(&ack);
+                        }
+                        f(packet)
+                    }
+                    // An empty frame is a no-op for smoltcp.
+                    Ok(_) => f(&[]),
+                    Err(refusal) => {
+                        match refusal {
+                            Refusal::Malformed => counters.rx_dropped_malformed.inc(),
+                            Refusal::Checksum => counters.rx_dropped_checksum.inc(),
+                            Refusal::Martian => counters.rx_dropped_martian.inc(),
+                        }
+                        f(&[])
+                    }
+                }
+            }),
+            StackRx::Loop { packet, free, guard, counters } => {
+                let admitted = match ingress::inspect(&packet, true) {
+                    Ok(acc) => acc.syn.is_none_or(|t| guard.admit(t, counters)),
+                    Err(_) => false,
+                };
+                let r = if admitted { f(&packet) } else { f(&[]) };
+                free.push(packet);
+                r
+            }
+        }
+    }
+}
+
+/// Permission to send one packet: to the NIC, or back to ourselves.
+pub(crate) struct StackTx<'a, T> {
+    nic: T,
+    loopq: &'a mut VecDeque<Vec<u8>>,
+    /// Spare buffers for looped packets; absent while the receive side of
+    /// the same poll step holds the pool.
+    loop_free: Option<&'a mut Vec<Vec<u8>>>,
+    scratch: &'a mut Vec<u8>,
+    local: &'a [IpAddress],
+    assist: &'a RefCell<RecoveryAssist>,
+    counters: &'a StackCounters,
+    now: Instant,
+}
+
+impl<T: phy::TxToken> phy::TxToken for StackTx<'_, T> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        // smoltcp writes the whole packet in one go, so the destination is
+        // known only afterwards: build it aside, then route it.
+        self.scratch.clear();
+        self.scratch.resize(len, 0);
+        let r = f(self.scratch);
+        let packet = &mut self.scratch[..];
+        if ingress::destination(packet).is_some_and(|dst| is_local(self.local, dst)) {
+            let mut buf = self.loop_free.and_then(|f| f.pop()).unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(packet);
+            self.loopq.push_back(buf);
+            self.counters.loopback_packets.inc();
+        } else {
+            self.counters.tx_packets.inc();
+            self.counters.tx_bytes.add(len as u64);
+            self.assist.borrow_mut().on_egress(self.now, packet);
+            self.nic.consume(len, |b| b.copy_from_slice(packet));
+        }
+        r
+    }
+}
+
+impl<N: Nic> Device for StackDevice<N> {
+    type RxToken<'a> = StackRx<'a, N::RxToken<'a>>;
+    type TxToken<'a> = StackTx<'a, N::TxToken<'a>>;
+
+    fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let Self { nic, guard, inject, assist, loopq, loop_free, scratch, local, counters } = self;
+        if let Some(packet) = inject.pop_front().or_else(|| loopq.pop_front()) {
+            let nic_tx = nic.transmit(now)?;
+            let rx = StackRx::Loop { packet, free: loop_free, guard, counters };
+            let tx = StackTx { nic: nic_tx, loopq, loop_free: None, scratch, local, assist, counters, now };
+            return Some((rx, tx));
+        }
+        let (rx, tx) = nic.receive(now)?;
+        let rx = StackRx::Nic { token: rx, guard, assist, inject, counters, now };
+        let tx = StackTx { nic: tx, loopq, loop_free: Some(loop_free), scratch, local, assist, counters, now };
+        Some((rx, tx))
+    }
+
+    fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
+        let Self { nic, loopq, loop_free, scratch, local, assist, counters, .. } = self;
+        let nic = nic.transmit(now)?;
+        Some(StackTx { nic, loopq, loop_free: Some(loop_free), scratch, local, assist, counters, now })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = self.nic.capabilities();
+        // Ingress checksums are verified (and drops counted) in `ingress`;
+        // smoltcp only computes them on egress.
+        caps.checksum.ipv4 = Checksum::Tx;
+        caps.checksum.tcp = Checksum::Tx;
+        caps.checksum.udp = Checksum::Tx;
+        caps.checksum.icmpv4 = Checksum::Tx;
+        caps.checksum.icmpv6 = Checksum::Tx;
+        caps
+    }
+}

@@ -1,0 +1,79 @@
+//! The driver thread: the only code that polls smoltcp and touches the NIC.
+//!
+//! Each iteration: acknowledge the doorbell, poll the interface under the
+//! core lock, do listener and orphan upkeep, compute the next deadline
+//! (smoltcp's and the NIC's), then sleep in `poll(2)` on the doorbell and the
+//! NIC's descriptor until that deadline. It never spins: with nothing to do
+//! and no timers, it sleeps until woken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smoltcp::time::Instant;
+
+use super::Shared;
+use super::device::StackDevice;
+use crate::nic::Nic;
+use crate::sys;
+
+/// Consecutive "poll again now" answers tolerated before the driver naps.
+const SPIN_LIMIT: u32 = 1000;
+
+pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
+    let counters = shared.counters.clone();
+    let waker_fd = shared.waker.raw_fd();
+    let nic_fd = device.nic.readiness_fd();
+    let mut immediate_rounds = 0u32;
+    loop {
+        shared.waker.acknowledge();
+        counters.driver_iterations.inc();
+        let now = shared.now();
+        let deadline = {
+            let mut core = shared.lock();
+            if core.shutdown {
+                return;
+            }
+            core.now = now;
+            device.service(now);
+            let core = &mut *core;
+            core.iface.poll(now, &mut device, &mut core.sockets);
+            core.maintain_listeners(&mut device.guard);
+            core.reap_orphans(&mut device.guard);
+            let smol = core.iface.poll_at(now, &core.sockets);
+            [smol, device.poll_at()].into_iter().flatten().min()
+        };
+        if device.has_loopback() || shared.waker.is_pending() {
+            continue;
+        }
+        let timeout = deadline.map(|d| if d > now { to_std(d - now) } else { Duration::ZERO });
+        if timeout == Some(Duration::ZERO) {
+            immediate_rounds += 1;
+            if immediate_rounds < SPIN_LIMIT {
+                continue;
+            }
+            counters.driver_spin_guard.inc();
+            immediate_rounds = 0;
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        immediate_rounds = 0;
+        let fds: &[_] = match nic_fd {
+            Some(fd) => &[waker_fd, fd],
+            None => &[waker_fd],
+        };
+        if let Err(e) = sys::wait_readable(fds, timeout) {
+            log::error!("stack {}: driver wait failed: {e}; retrying in 10 ms", shared.name);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        counters.driver_wakeups.inc();
+    }
+}
+
+fn to_std(d: smoltcp::time::Duration) -> Duration {
+    Duration::from_micros(d.total_micros())
+}
+
+/// Converts a std instant into the stack's smoltcp clock.
+pub(crate) fn smol_now(epoch: std::time::Instant) -> Instant {
+    Instant::from_micros(epoch.elapsed().as_micros() as i64)
+}

@@ -1,0 +1,248 @@
+//! The stack: a smoltcp interface and its sockets, owned by one driver
+//! thread, reached by any number of application threads through sockets.
+//!
+//! ```text
+//!  app threads ── lock(Core) briefly, copy bytes, ring doorbell ──┐
+//!                                                                │
+//!  driver thread: loop { poll smoltcp under lock; upkeep; sleep on doorbell/NIC fd/deadline }
+//!                       │
+//!                 StackDevice (loopback, ingress checks, SYN guard) ── NIC
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use smoltcp::iface::{Config, Interface, Route as SmolRoute};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
+
+use crate::nic::Nic;
+use crate::rng::Rng;
+use crate::stats::{CounterGroup, CounterSource, StackCounters};
+use crate::wake::DriverWaker;
+
+mod config;
+pub(crate) mod core;
+mod device;
+mod driver;
+pub(crate) mod ingress;
+mod ports;
+mod recovery;
+
+pub use config::{Cidr, CidrParseError, Route, StackConfig};
+pub use ports::PortError;
+
+use self::core::Core;
+
+/// Why a stack could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// The configuration is inconsistent.
+    #[error("invalid stack configuration: {0}")]
+    Config(String),
+    /// The operating system refused a resource (eventfd, thread).
+    #[error("could not start the stack driver: {0}")]
+    Os(#[from] std::io::Error),
+}
+
+impl From<StackError> for std::io::Error {
+    fn from(e: StackError) -> Self {
+        match e {
+            StackError::Os(e) => e,
+            e @ StackError::Config(_) => std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        }
+    }
+}
+
+/// State shared by the stack handle, its sockets and its driver.
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    pub(crate) waker: DriverWaker,
+    pub(crate) counters: Arc<StackCounters>,
+    nic_counters: Vec<(String, Arc<dyn CounterSource>)>,
+    epoch: std::time::Instant,
+    pub(crate) name: String,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn now(&self) -> smoltcp::time::Instant {
+        driver::smol_now(self.epoch)
+    }
+}
+
+/// Stops the driver when the last handle (stack or socket) is gone.
+struct Owner {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.waker.wake();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A running userspace TCP/IP stack. Cheap to clone; every socket keeps its
+/// stack alive, and the driver thread stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Stack {
+    owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("name", &self.shared().name).finish()
+    }
+}
+
+impl Stack {
+    /// Builds a stack over `nic` and starts its driver thread.
+    pub fn new<N: Nic>(config: StackConfig, mut nic: N) -> Result<Stack, StackError> {
+        validate(&config)?;
+        let seed = config.seed.unwrap_or_else(|| Rng::from_entropy().next_u64());
+        let epoch = std::time::Instant::now();
+        let counters = Arc::new(StackCounters::default());
+        let waker = DriverWaker::new()?;
+        let nic_counters = nic.counters();
+        nic.attach(waker.clone());
+
+        let local: Vec<IpAddress> = config.addresses.iter().map(|c| c.addr.into()).collect();
+        let mut device = device::StackDevice::new(nic, local, counters.clone());
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = seed;
+        let mut iface = Interface::new(iface_config, &mut device, driver::smol_now(epoch));
+        iface.update_ip_addrs(|addrs| {
+            for c in &config.addresses {
+                let _ = addrs.push(IpCidr::new(c.addr.into(), c.prefix));
+            }
+            let _ = addrs.push(IpCidr::new(Ipv4Address::LOCALHOST.into(), 8));
+            let _ = addrs.push(IpCidr::new(Ipv6Address::LOCALHOST.into(), 128));
+        });
+        iface.routes_mut().update(|routes| {
+            for r in &config.routes {
+                let _ = routes.push(SmolRoute {
+                    cidr: IpCidr::new(r.dest.addr.into(), r.dest.prefix),
+                    via_router: r.via.into(),
+                    preferred_until: None,
+                    expires_at: None,
+                });
+            }
+        });
+
+        let name = config.name.clone();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core::new(iface, config, counters.clone(), seed)),
+            waker,
+            counters,
+            nic_counters,
+            epoch,
+            name: name.clone(),
+        });
+        let driver_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("plebnet-{name}"))
+            .spawn(move || driver::run(driver_shared, device))?;
+        Ok(Stack { owner: Arc::new(Owner { shared, thread: Mutex::new(Some(thread)) }) })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.owner.shared
+    }
+
+    /// The stack's name.
+    pub fn name(&self) -> &str {
+        &self.shared().name
+    }
+
+    /// The overlay addresses this stack was configured with.
+    pub fn addresses(&self) -> Vec<Cidr> {
+        self.shared().lock().config.addresses.clone()
+    }
+
+    /// The stack's own counters.
+    pub fn stack_counters(&self) -> Arc<StackCounters> {
+        self.shared().counters.clone()
+    }
+
+    /// Every counter of the stack and its NIC layers, grouped by layer.
+    pub fn counters(&self) -> Vec<CounterGroup> {
+        let shared = self.shared();
+        let mut groups = vec![CounterGroup { layer: "stack".to_string(), values: shared.counters.snapshot() }];
+        for (layer, source) in &shared.nic_counters {
+            groups.push(CounterGroup { layer: layer.clone(), values: source.snapshot() });
+        }
+        groups
+    }
+
+    /// Number of sockets smoltcp currently holds (connections, listening
+    /// sockets, lingering closes).
+    pub fn socket_count(&self) -> usize {
+        self.shared().lock().sockets.iter().count()
+    }
+
+    /// One line per TCP socket: endpoints, state and queue lengths; for
+    /// diagnosing stalls.
+    pub fn describe_tcp_sockets(&self) -> Vec<String> {
+        let core = self.shared().lock();
+        core.sockets
+            .iter()
+            .filter_map(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => Some(format!(
+                    "{:?} -> {:?} {} sendq={} recvq={} rx_cap={} tx_cap={}",
+                    t.local_endpoint(),
+                    t.remote_endpoint(),
+                    t.state(),
+                    t.send_queue(),
+                    t.recv_queue(),
+                    t.recv_capacity(),
+                    t.send_capacity(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Rings the driver.
+    pub(crate) fn wake_driver(&self) {
+        self.shared().waker.wake();
+    }
+}
+
+fn validate(config: &StackConfig) -> Result<(), StackError> {
+    for c in &config.addresses {
+        if c.addr.is_loopback() || c.addr.is_unspecified() || c.addr.is_multicast() {
+            return Err(StackError::Config(format!(
+                "address {c} cannot be an interface address (loopback is built in; use a unicast overlay address)"
+            )));
+        }
+    }
+    if config.addresses.len() > 6 {
+        return Err(StackError::Config(format!(
+            "{} addresses given; a stack holds at most 6 besides 127.0.0.1 and ::1",
+            config.addresses.len()
+        )));
+    }
+    for r in &config.routes {
+        if r.dest.addr.is_ipv4() != r.via.is_ipv4() {
+            return Err(StackError::Config(format!("route to {} via {}: families differ", r.dest, r.via)));
+        }
+        if !config.addresses.iter().any(|c| c.contains(r.via)) {
+            return Err(StackError::Config(format!(
+                "route to {} via {}: the next hop is not on any attached prefix",
+                r.dest, r.via
+            )));
+        }
+    }
+    if config.tcp_rx_buffer < 1024 || config.tcp_tx_buffer < 1024 {
+        return Err(StackError::Config("TCP buffers must be at least 1024 bytes".to_string()));
+    }
+    Ok(())
+}

@@ -1,0 +1,502 @@
+//! NewReno partial-ACK recovery, added in front of smoltcp.
+//!
+//! smoltcp's loss recovery is Reno: three duplicate ACKs retransmit the first
+//! unacknowledged segment once, and a second hole in the same window waits
+//! for the retransmission timeout (at least 1 s, doubling on repeat). With a
+//! few percent loss that turns every window into an RTO.
+//!
+//! RFC 6582 (NewReno) fixes this with *partial ACKs*: during recovery, an ACK
+//! that advances but does not cover everything sent when recovery began means
+//! the next hole was lost too, and the sender retransmits it at once. This
+//! module watches each connection's segments as they pass the device; on the
+//! third duplicate ACK (counting ACKs that carry data, which smoltcp ignores)
+//! and on every partial ACK it hands smoltcp a few pure-ACK copies of the
+//! arriving segment just before the segment itself — exactly what makes
+//! smoltcp retransmit the first missing segment. It never drops or alters a
+//! real packet; it only adds pure ACKs that the peer could have sent.
+
+use std::collections::HashMap;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+
+use super::ingress::FourTuple;
+
+/// Flows tracked at most; beyond this the table is cleared (the assist is
+/// an optimisation, losing its state only costs speed).
+const MAX_FLOWS: usize = 1 << 16;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Flow {
+    /// One past the highest sequence number we have sent.
+    snd_max: Option<TcpSeqNumber>,
+    /// The highest ACK we have sent: the peer's data up to here arrived.
+    rcv_nxt: Option<TcpSeqNumber>,
+    last_ack: Option<TcpSeqNumber>,
+    /// Segments repeating `last_ack`, with or without data.
+    dup_acks: u32,
+    /// `snd_max` when recovery began; `None` outside recovery.
+    recover: Option<TcpSeqNumber>,
+    /// The latest segment from the peer, as a pure-ACK template.
+    template: Option<AckTemplate>,
+    /// When the ACK point last moved (or data became outstanding).
+    progress_at: Option<Instant>,
+    /// When to probe next if nothing moves.
+    probe_at: Option<Instant>,
+    /// Probes sent since the last progress.
+    probes: u32,
+    /// One segment being timed: (its end, when it was sent).
+    rtt_probe: Option<(TcpSeqNumber, Instant)>,
+    /// Smoothed round-trip time.
+    srtt: Option<Duration>,
+}
+
+/// The fields of a pure ACK from the peer.
+#[derive(Debug, Clone, Copy)]
+struct AckTemplate {
+    src: IpAddress,
+    dst: IpAddress,
+    src_port: u16,
+    dst_port: u16,
+    seq: TcpSeqNumber,
+    ack: TcpSeqNumber,
+    window: u16,
+}
+
+impl Flow {
+    fn outstanding(&self) -> bool {
+        matches!((self.snd_max, self.last_ack), (Some(m), Some(a)) if m > a)
+    }
+
+    /// How long to wait for the ACK point to move before probing: two
+    /// round trips plus the peer's delayed-ACK allowance.
+    fn probe_timeout(&self) -> Duration {
+        match self.srtt {
+            Some(srtt) => (srtt * 2 + Duration::from_millis(15)).max(Duration::from_millis(20)),
+            None => Duration::from_millis(200),
+        }
+    }
+
+    fn arm_probe(&mut self, now: Instant) {
+        let backoff = 1u32 << self.probes.min(4);
+        let wait = (self.probe_timeout() * backoff).min(Duration::from_millis(800));
+        self.probe_at = self.outstanding().then_some(now + wait);
+    }
+}
+
+/// Per-connection sender state, keyed by `(local, local port, remote,
+/// remote port)`.
+#[derive(Debug, Default)]
+pub(crate) struct RecoveryAssist {
+    flows: HashMap<FourTuple, Flow>,
+    /// Duplicate ACKs handed to smoltcp, for the counters.
+    pub(crate) injected: u64,
+    /// Outgoing pure ACKs whose sequence number was moved forward.
+    pub(crate) rewritten: u64,
+    /// Timer probes sent (each is five pure ACKs).
+    pub(crate) probed: u64,
+}
+
+/// The parts of a TCP segment the assist looks at.
+struct Segment<'a> {
+    src: IpAddress,
+    dst: IpAddress,
+    tcp: TcpRepr<'a>,
+}
+
+fn parse(packet: &[u8]) -> Option<Segment<'_>> {
+    let (src, dst, payload) = match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            let hl = ip.header_len() as usize;
+            let total = ip.total_len() as usize;
+            (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()), packet.get(hl..total)?)
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let end = 40 + ip.payload_len() as usize;
+            (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()), packet.get(40..end)?)
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    let tcp = TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::ignored()).ok()?;
+    Some(Segment { src, dst, tcp })
+}
+
+impl RecoveryAssist {
+    /// Notes a segment we are sending, and fixes the sequence number of pure
+    /// ACKs: after a retransmission timeout smoltcp rewinds its send pointer
+    /// and stamps pure ACKs with it, below the peer's receive window, so the
+    /// peer drops them — ACK and all. Linux stamps them with the highest
+    /// sequence number sent, which is always acceptable; so do we.
+    pub(crate) fn on_egress(&mut self, now: Instant, packet: &mut [u8]) {
+        let Some(seg) = parse(packet) else { return };
+        let pure_ack =
+            seg.tcp.payload.is_empty() && seg.tcp.ack_number.is_some() && seg.tcp.control == TcpControl::None;
+        let rewrite = {
+            let key = (seg.src, seg.tcp.src_port, seg.dst, seg.tcp.dst_port);
+            self.flows.get(&key).and_then(|f| f.snd_max).filter(|m| pure_ack && *m > seg.tcp.seq_number)
+        };
+        if let Some(seq) = rewrite {
+            set_seq(packet, seq);
+            self.rewritten += 1;
+        }
+        let Some(seg) = parse(packet) else { return };
+        let key = (seg.src, seg.tcp.src_port, seg.dst, seg.tcp.dst_port);
+        if matches!(seg.tcp.control, TcpControl::Rst) {
+            self.flows.remove(&key);
+            return;
+        }
+        let end = seg.tcp.seq_number + seg.tcp.segment_len();
+        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
+            self.flows.clear();
+        }
+        let flow = self.flows.entry(key).or_default();
+        if flow.snd_max.is_none_or(|m| end > m) {
+            let was_idle = !flow.outstanding();
+            flow.snd_max = Some(end);
+            if flow.rtt_probe.is_none() && seg.tcp.segment_len() > 0 {
+                flow.rtt_probe = Some((end, now));
+            }
+            if was_idle && flow.outstanding() {
+                flow.progress_at = Some(now);
+                flow.arm_probe(now);
+            }
+        }
+        if let Some(ack) = seg.tcp.ack_number
+            && flow.rcv_nxt.is_none_or(|r| ack > r)
+        {
+            flow.rcv_nxt = Some(ack);
+        }
+    }
+
+    /// Looks at an arriving segment. Returns a pure ACK that smoltcp must see
+    /// [`COPIES`] times *before* the segment itself when it should retransmit
+    /// the first missing segment now.
+    pub(crate) fn on_ingress(&mut self, now: Instant, packet: &[u8]) -> Option<Vec<u8>> {
+        let seg = parse(packet)?;
+        let key = (seg.dst, seg.tcp.dst_port, seg.src, seg.tcp.src_port);
+        if matches!(seg.tcp.control, TcpControl::Rst) {
+            self.flows.remove(&key);
+            return None;
+        }
+        let flow = self.flows.get_mut(&key)?;
+        let ack = seg.tcp.ack_number?;
+        flow.template = Some(AckTemplate {
+            src: seg.src,
+            dst: seg.dst,
+            src_port: seg.tcp.src_port,
+            dst_port: seg.tcp.dst_port,
+            seq: seg.tcp.seq_number,
+            ack,
+            window: seg.tcp.window_len,
+        });
+        if let Some((end, sent)) = flow.rtt_probe
+            && ack >= end
+        {
+            let rtt = now - sent;
+            flow.srtt = Some(match flow.srtt {
+                Some(s) => (s * 7 + rtt) / 8,
+                None => rtt,
+            });
+            flow.rtt_probe = None;
+        }
+        let snd_max = flow.snd_max?;
+        let Some(last) = flow.last_ack else {
+            flow.last_ack = Some(ack);
+            return None;
+        };
+        let plain = matches!(seg.tcp.control, TcpControl::None | TcpControl::Psh);
+        if ack == last && ack < snd_max {
+            // A duplicate ACK. smoltcp only counts pure ones that do not
+            // change the window, so when the peer also sends data (both
+            // directions busy) it rarely sees three in a row; we count every
+            // segment.
+            flow.dup_acks += 1;
+            if flow.dup_acks >= 3 && flow.recover.is_none() && plain {
+                flow.recover = Some(snd_max);
+                self.injected += u64::from(COPIES);
+                return Some(pure_ack(&seg, flow.rcv_nxt));
+            }
+            return None;
+        }
+        if ack <= last {
+            return None;
+        }
+        flow.last_ack = Some(ack);
+        flow.dup_acks = 0;
+        flow.progress_at = Some(now);
+        flow.probes = 0;
+        flow.arm_probe(now);
+        match flow.recover {
+            Some(recover) if ack < recover && plain => {
+                // A partial ACK: the next hole was lost too. Retransmit it now
+                // (RFC 6582) instead of waiting for the RTO.
+                self.injected += u64::from(COPIES);
+                Some(pure_ack(&seg, flow.rcv_nxt))
+            }
+            Some(recover) if ack >= recover => {
+                flow.recover = None;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+impl RecoveryAssist {
+    /// The earliest probe deadline of any flow.
+    pub(crate) fn poll_at(&self) -> Option<Instant> {
+        self.flows.values().filter_map(|f| f.probe_at).min()
+    }
+
+    /// Probes flows whose ACK point has not moved for their probe timeout:
+    /// a lost retransmission or a lost tail segment, which smoltcp would only
+    /// notice after its (backed-off, at least 1 s) RTO. Returns pure ACKs to
+    /// hand smoltcp, in order: one with a different window (resets smoltcp's
+    /// duplicate counter) and four with the real one (the first of which is
+    /// a window update again), so that the last three are duplicates and
+    /// smoltcp retransmits its first unacknowledged segment (RFC 8985's
+    /// tail-loss probe, by smoltcp's own fast-retransmit path).
+    pub(crate) fn on_timer(&mut self, now: Instant, out: &mut std::collections::VecDeque<Vec<u8>>) {
+        for flow in self.flows.values_mut() {
+            let due = flow.probe_at.is_some_and(|t| t <= now);
+            if !due {
+                continue;
+            }
+            let Some(t) = flow.template.filter(|t| t.window > 0 && flow.outstanding()) else {
+                flow.probe_at = None;
+                continue;
+            };
+            let seq = match flow.rcv_nxt {
+                Some(r) if r > t.seq => r,
+                _ => t.seq,
+            };
+            let other = if t.window > 1 { t.window - 1 } else { t.window + 1 };
+            out.push_back(build_ack(&t, seq, other));
+            for _ in 0..4 {
+                out.push_back(build_ack(&t, seq, t.window));
+            }
+            self.probed += 1;
+            flow.probes += 1;
+            flow.recover = flow.snd_max;
+            flow.arm_probe(now);
+        }
+    }
+}
+
+/// Copies of the pure ACK to deliver: the first may count as new (it moves
+/// the ACK point or the window), the next three are duplicates, and smoltcp
+/// retransmits on the third.
+pub(crate) const COPIES: u32 = 4;
+
+/// `seg` without its payload, same ACK and window. Its sequence number must
+/// be inside smoltcp's receive window or smoltcp ignores it: the segment's own
+/// one, unless that is old data (a retransmission), then the highest ACK we
+/// sent.
+fn pure_ack(seg: &Segment<'_>, rcv_nxt: Option<TcpSeqNumber>) -> Vec<u8> {
+    let seq = match rcv_nxt {
+        Some(r) if r > seg.tcp.seq_number => r,
+        _ => seg.tcp.seq_number,
+    };
+    let t = AckTemplate {
+        src: seg.src,
+        dst: seg.dst,
+        src_port: seg.tcp.src_port,
+        dst_port: seg.tcp.dst_port,
+        seq,
+        ack: seg.tcp.ack_number.unwrap_or_default(),
+        window: seg.tcp.window_len,
+    };
+    build_ack(&t, seq, t.window)
+}
+
+/// A pure ACK from the peer's side of `t`.
+fn build_ack(t: &AckTemplate, seq: TcpSeqNumber, window: u16) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        control: TcpControl::None,
+        seq_number: seq,
+        ack_number: Some(t.ack),
+        window_len: window,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = IpRepr::new(t.src, t.dst, IpProtocol::Tcp, tcp.header_len(), 64);
+    let mut buf = vec![0u8; ip.header_len() + tcp.header_len()];
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut buf[..], &caps);
+    let hl = ip.header_len();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[hl..]), &t.src, &t.dst, &caps);
+    buf
+}
+
+/// Sets the sequence number of the TCP segment in `packet` and refreshes
+/// its checksum.
+fn set_seq(packet: &mut [u8], seq: TcpSeqNumber) {
+    let (src, dst, offset, end) = match packet[0] >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_unchecked(&packet[..]);
+            let hl = ip.header_len() as usize;
+            (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()), hl, ip.total_len() as usize)
+        }
+        _ => {
+            let ip = Ipv6Packet::new_unchecked(&packet[..]);
+            (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()), 40, 40 + ip.payload_len() as usize)
+        }
+    };
+    let mut tcp = TcpPacket::new_unchecked(&mut packet[offset..end]);
+    tcp.set_seq_number(seq);
+    tcp.fill_checksum(&src, &dst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::Ipv4Address;
+
+    const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
+    const B: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
+
+    /// A segment from `src` to `dst` with `len` payload bytes.
+    fn segment(src: Ipv4Address, dst: Ipv4Address, seq: u32, ack: u32, len: usize) -> Vec<u8> {
+        let payload = vec![0xab; len];
+        let tcp = TcpRepr {
+            src_port: if src == A { 1000 } else { 2000 },
+            dst_port: if src == A { 2000 } else { 1000 },
+            control: TcpControl::None,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &payload,
+        };
+        let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
+        let ip = IpRepr::new(s, d, IpProtocol::Tcp, tcp.buffer_len(), 64);
+        let mut buf = vec![0u8; ip.header_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut buf[..], &caps);
+        let hl = ip.header_len();
+        tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[hl..]), &s, &d, &caps);
+        buf
+    }
+
+    fn seq_of(packet: &[u8]) -> u32 {
+        parse(packet).unwrap().tcp.seq_number.0 as u32
+    }
+
+    /// A has sent ten 100-byte segments from seq 0 to B.
+    fn sender_with_flight() -> RecoveryAssist {
+        let mut r = RecoveryAssist::default();
+        for i in 0..10 {
+            r.on_egress(Instant::ZERO, &mut segment(A, B, i * 100, 5000, 100));
+        }
+        r
+    }
+
+    #[test]
+    fn third_duplicate_ack_with_data_triggers_recovery() {
+        let mut r = sender_with_flight();
+        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0)).is_none(), "first ACK just records");
+        // Duplicates that carry B's own data: smoltcp would not count them.
+        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 50)).is_none());
+        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5050, 100, 50)).is_none());
+        let ack = r.on_ingress(Instant::ZERO, &segment(B, A, 5100, 100, 50)).expect("third duplicate");
+        let seg = parse(&ack).unwrap();
+        assert!(seg.tcp.payload.is_empty());
+        assert_eq!(seg.tcp.ack_number, Some(TcpSeqNumber(100)));
+        assert_eq!(r.injected, u64::from(COPIES));
+        // A fourth duplicate does not trigger again within the same recovery.
+        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5150, 100, 0)).is_none());
+    }
+
+    #[test]
+    fn partial_ack_retransmits_the_next_hole_and_full_ack_ends_recovery() {
+        let mut r = sender_with_flight();
+        r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0));
+        for _ in 0..3 {
+            r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0));
+        }
+        // The retransmission filled the first hole; a second one is at 500.
+        let partial = r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 500, 0)).expect("partial ACK");
+        assert_eq!(parse(&partial).unwrap().tcp.ack_number, Some(TcpSeqNumber(500)));
+        // Everything acknowledged: recovery over, nothing injected.
+        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 1000, 0)).is_none());
+        assert_eq!(r.injected, 2 * u64::from(COPIES));
+    }
+
+    #[test]
+    fn rewound_pure_acks_are_stamped_with_the_highest_sequence_sent() {
+        let mut r = sender_with_flight();
+        r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0));
+        // After an RTO smoltcp would stamp a pure ACK with its rewound pointer.
+        let mut ack = segment(A, B, 100, 5000, 0);
+        r.on_egress(Instant::ZERO, &mut ack);
+        assert_eq!(seq_of(&ack), 1000);
+        assert_eq!(r.rewritten, 1);
+        let p = Ipv4Packet::new_checked(&ack[..]).unwrap();
+        let tcp = TcpPacket::new_checked(p.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(A), &IpAddress::Ipv4(B)), "checksum refreshed");
+        // Data segments are never touched.
+        let mut data = segment(A, B, 100, 5000, 100);
+        let before = data.clone();
+        r.on_egress(Instant::ZERO, &mut data);
+        assert_eq!(data, before);
+    }
+
+    #[test]
+    fn a_silent_flow_is_probed_after_its_timeout_and_not_before() {
+        let mut r = RecoveryAssist::default();
+        let t0 = Instant::from_millis(1000);
+        r.on_egress(t0, &mut segment(A, B, 0, 5000, 100));
+        // The ACK of the first segment gives an RTT of 4 ms.
+        r.on_ingress(t0 + Duration::from_millis(4), &segment(B, A, 5000, 100, 0));
+        let t1 = t0 + Duration::from_millis(5);
+        r.on_egress(t1, &mut segment(A, B, 100, 5000, 100));
+        let due = r.poll_at().expect("outstanding data arms a probe");
+        // Two round trips plus the delayed-ACK allowance, floor 20 ms.
+        assert_eq!(due - t1, Duration::from_millis(23));
+        let mut out = std::collections::VecDeque::new();
+        r.on_timer(due - Duration::from_millis(1), &mut out);
+        assert!(out.is_empty(), "not before the deadline");
+        r.on_timer(due, &mut out);
+        assert_eq!(out.len(), 5);
+        let windows: Vec<u16> = out.iter().map(|p| parse(p).unwrap().tcp.window_len).collect();
+        assert_eq!(windows, vec![999, 1000, 1000, 1000, 1000]);
+        assert!(out.iter().all(|p| parse(p).unwrap().tcp.ack_number == Some(TcpSeqNumber(100))));
+        // Backed off: the next probe waits twice as long.
+        assert_eq!(r.poll_at().unwrap() - due, Duration::from_millis(46));
+        // Progress disarms it once everything is acknowledged.
+        r.on_ingress(due, &segment(B, A, 5000, 200, 0));
+        assert_eq!(r.poll_at(), None);
+    }
+
+    #[test]
+    fn unknown_flows_and_garbage_are_ignored() {
+        let mut r = RecoveryAssist::default();
+        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 1, 1, 0)).is_none());
+        assert!(r.on_ingress(Instant::ZERO, &[0x45, 0, 0]).is_none());
+        let mut junk = vec![0x60; 3];
+        r.on_egress(Instant::ZERO, &mut junk);
+        assert_eq!(junk, vec![0x60; 3]);
+    }
+}

@@ -1,0 +1,103 @@
+//! Counters that the driver thread bumps and any thread can read.
+//!
+//! Every drop, in every layer, has a named counter: nothing is lost silently.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Something that can list its counters by name.
+pub trait CounterSource: Send + Sync + std::fmt::Debug {
+    /// `(name, value)` for every counter, in a stable order.
+    fn snapshot(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// Declares a struct of [`Counter`]s that implements [`CounterSource`].
+#[macro_export]
+macro_rules! counters {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        $vis struct $name {
+            $($(#[$fmeta])* pub $field: $crate::stats::Counter,)*
+        }
+        impl $crate::stats::CounterSource for $name {
+            fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.get()),)*]
+            }
+        }
+    };
+}
+
+/// A named group of counters, as reported by a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterGroup {
+    /// Which layer the counters belong to, e.g. `stack`, `memlink`, `impair`.
+    pub layer: String,
+    /// `(name, value)` pairs.
+    pub values: Vec<(&'static str, u64)>,
+}
+
+impl CounterGroup {
+    /// The value of the counter called `name`, if the group has one.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+crate::counters! {
+    /// What a stack's driver and device wrapper did.
+    pub struct StackCounters {
+        /// Packets received from the NIC (before validation).
+        rx_packets,
+        /// Bytes received from the NIC.
+        rx_bytes,
+        /// Packets sent to the NIC.
+        tx_packets,
+        /// Bytes sent to the NIC.
+        tx_bytes,
+        /// Packets to the stack's own addresses, delivered without the NIC.
+        loopback_packets,
+        /// Arriving packets refused as truncated or impossible.
+        rx_dropped_malformed,
+        /// Arriving packets refused for a wrong checksum.
+        rx_dropped_checksum,
+        /// Arriving packets with a loopback source or destination.
+        rx_dropped_martian,
+        /// Retransmitted SYNs for a connection that already exists.
+        syn_dropped_duplicate,
+        /// SYNs to a listener whose backlog was full.
+        syn_dropped_backlog_full,
+        /// Times the driver thread woke from sleep.
+        driver_wakeups,
+        /// Driver loop iterations (each polls smoltcp once).
+        driver_iterations,
+        /// Times the driver slept 1 ms because smoltcp asked to be polled
+        /// immediately over and over without progress.
+        driver_spin_guard,
+        /// Orphaned connections aborted after lingering too long.
+        orphans_aborted,
+        /// Duplicate ACKs handed to smoltcp on partial ACKs (NewReno assist).
+        recovery_acks_injected,
+    }
+}

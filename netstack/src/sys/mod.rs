@@ -1,0 +1,14 @@
+//! The only place in `plebnet-netstack` that talks to the operating system
+//! through `unsafe` FFI.
+//!
+//! Contract for everything in here: each function is a thin, safe wrapper over
+//! one system call; it never keeps raw pointers beyond the call, it converts
+//! `-1` returns into [`std::io::Error::last_os_error`], and it retries on
+//! `EINTR` where the call is idempotent.
+#![allow(unsafe_code)]
+
+mod eventfd;
+mod poll;
+
+pub(crate) use eventfd::EventFd;
+pub(crate) use poll::wait_readable;

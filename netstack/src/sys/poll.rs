@@ -1,0 +1,32 @@
+//! `poll(2)` on a handful of descriptors, with a timeout.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Blocks until one of `fds` is readable or `timeout` passes (`None`: no
+/// timeout). Returns how many descriptors are ready (0 on timeout).
+/// An interrupted call returns `Ok(0)` so the caller simply re-evaluates.
+pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<usize> {
+    let mut pollfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    assert!(fds.len() <= pollfds.len(), "wait_readable supports at most 4 descriptors");
+    for (slot, &fd) in pollfds.iter_mut().zip(fds) {
+        *slot = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    }
+    let timeout_ms: libc::c_int = match timeout {
+        None => -1,
+        // Round up so that a 0.3 ms deadline does not become a busy 0 ms poll.
+        Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: `pollfds` is a live local array and we pass a length no larger
+    // than it; poll only writes the `revents` fields.
+    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(n as usize)
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI and humans run it: formatting, lints, docs,
+# and every test. Installs what it needs (cargo components; Debian packages
+# via apt-get when run as root). Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain components"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
+
+# System packages later issues' tests use (real peers: curl, socat, openssl,
+# iperf3, python3 ...) are installed here, by name, when we are root.
+APT_PACKAGES=()
+if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
+    step "apt-get install ${APT_PACKAGES[*]}"
+    missing=()
+    for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+    # nextest does not run doctests
+    cargo test --workspace --locked --doc
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+step "plebnet demo (the README's first command, short)"
+cargo run --locked --quiet --bin plebnet -- demo --size 4 --conns 2

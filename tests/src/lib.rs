@@ -1,0 +1,133 @@
+//! Shared test helpers and the NetStack suite: tests written once against
+//! [`NetStack`] and run on the kernel's stack and on plebnet stacks.
+#![allow(missing_docs)]
+
+pub mod suite;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+
+use plebnet::net::{NetStack, Stack, StackConfig};
+use plebnet::netstack::nic::{Impair, ImpairConfig, MemLink, MemLinkConfig};
+use plebnet::netstack::rng::Rng;
+use sha2::{Digest, Sha256};
+
+/// Where a suite runs: a server stack, a client stack, and the server's
+/// address as the client sees it.
+pub struct Env<S: NetStack> {
+    pub server: S,
+    pub client: S,
+    pub server_ip: IpAddr,
+}
+
+impl<S: NetStack> Env<S> {
+    pub fn server_addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.server_ip, port)
+    }
+}
+
+/// The kernel, over 127.0.0.1.
+pub fn os_env() -> Env<plebnet::net::OsStack> {
+    Env { server: plebnet::net::OsStack, client: plebnet::net::OsStack, server_ip: "127.0.0.1".parse().unwrap() }
+}
+
+/// Two plebnet stacks joined by a clean MemLink.
+pub fn pair_env() -> Env<Stack> {
+    let (a, b) = stack_pair(None);
+    Env { server: a, client: b, server_ip: "10.7.0.1".parse().unwrap() }
+}
+
+/// Two plebnet stacks joined by a clean MemLink, over IPv6.
+pub fn pair_v6_env() -> Env<Stack> {
+    let (a, b) = stack_pair(None);
+    Env { server: a, client: b, server_ip: "fd07::1".parse().unwrap() }
+}
+
+/// One plebnet stack talking to itself over ::1.
+pub fn loopback_v6_env() -> Env<Stack> {
+    let (a, _b) = stack_pair(None);
+    Env { server: a.clone(), client: a, server_ip: "::1".parse().unwrap() }
+}
+
+/// One plebnet stack talking to itself over its own overlay address.
+pub fn own_address_env() -> Env<Stack> {
+    let (a, _b) = stack_pair(None);
+    Env { server: a.clone(), client: a, server_ip: "10.7.0.1".parse().unwrap() }
+}
+
+/// One plebnet stack talking to itself over 127.0.0.1.
+pub fn loopback_env() -> Env<Stack> {
+    let (a, _b) = stack_pair(None);
+    Env { server: a.clone(), client: a, server_ip: "127.0.0.1".parse().unwrap() }
+}
+
+/// Two stacks, 10.7.0.1 (+ fd07::1) and 10.7.0.2 (+ fd07::2), over a MemLink
+/// whose both ingress sides are impaired with `impair` if given.
+pub fn stack_pair(impair: Option<ImpairConfig>) -> (Stack, Stack) {
+    stack_pair_with(impair, |_| {})
+}
+
+/// [`stack_pair`] with a hook to adjust both stacks' configuration.
+pub fn stack_pair_with(impair: Option<ImpairConfig>, adjust: impl Fn(&mut StackConfig)) -> (Stack, Stack) {
+    let (na, nb) = MemLink::pair(MemLinkConfig::default());
+    let mut ca = StackConfig::with_address("10.7.0.1/24").address("fd07::1/64").named("a");
+    let mut cb = StackConfig::with_address("10.7.0.2/24").address("fd07::2/64").named("b");
+    adjust(&mut ca);
+    adjust(&mut cb);
+    match impair {
+        None => (Stack::new(ca, na).unwrap(), Stack::new(cb, nb).unwrap()),
+        Some(cfg) => {
+            let cfg_b = ImpairConfig { seed: cfg.seed.wrapping_add(1), ..cfg.clone() };
+            (Stack::new(ca, Impair::new(na, cfg)).unwrap(), Stack::new(cb, Impair::new(nb, cfg_b)).unwrap())
+        }
+    }
+}
+
+/// `len` deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Streams `len` pattern bytes into `w` in chunks and returns their hash.
+pub fn send_pattern(mut w: impl Write, seed: u64, len: usize) -> std::io::Result<[u8; 32]> {
+    let mut rng = Rng::new(seed);
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        for word in chunk[..n].chunks_mut(8) {
+            let bytes = rng.next_u64().to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+        w.write_all(&chunk[..n])?;
+        hasher.update(&chunk[..n]);
+        left -= n;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Reads until EOF and returns `(bytes, sha256)`.
+pub fn drain_hash(mut r: impl Read) -> std::io::Result<(usize, [u8; 32])> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, hasher.finalize().into()));
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+}

@@ -1,0 +1,55 @@
+//! Stack-level behaviour: an idle driver sleeps, pings are answered, and
+//! bad packets are counted rather than silently lost.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use plebnet::net::{TcpListener, TcpStream};
+use plebnet_tests::stack_pair;
+
+#[test]
+fn an_idle_stack_wakes_only_a_handful_of_times_per_second() {
+    let (a, b) = stack_pair(None);
+    let listener = TcpListener::bind(&a, "10.7.0.1:5000".parse().unwrap()).unwrap();
+    let mut c = TcpStream::connect(&b, "10.7.0.1:5000".parse().unwrap()).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    c.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    // Let delayed ACKs and the like settle, then watch a quiet period.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = [a.stack_counters().driver_wakeups.get(), b.stack_counters().driver_wakeups.get()];
+    std::thread::sleep(Duration::from_secs(2));
+    let after = [a.stack_counters().driver_wakeups.get(), b.stack_counters().driver_wakeups.get()];
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let wakeups = after[i] - before[i];
+        assert!(wakeups <= 10, "idle stack {name} woke {wakeups} times in 2 s");
+    }
+    assert_eq!(a.stack_counters().driver_spin_guard.get(), 0);
+}
+
+#[test]
+fn pings_are_answered_over_both_families_and_loopback() {
+    let (a, b) = stack_pair(None);
+    for dst in ["10.7.0.1", "fd07::1", "127.0.0.1", "::1", "10.7.0.2"] {
+        let rtt = b.ping(dst.parse().unwrap(), Duration::from_secs(5)).unwrap_or_else(|e| panic!("ping {dst}: {e}"));
+        assert!(rtt < Duration::from_secs(1), "{dst}: {rtt:?}");
+    }
+    let err = a.ping("10.7.0.77".parse().unwrap(), Duration::from_millis(300)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+}
+
+#[test]
+fn stacks_shut_down_when_the_last_handle_goes() {
+    let (a, b) = stack_pair(None);
+    let listener = TcpListener::bind(&a, "10.7.0.1:5001".parse().unwrap()).unwrap();
+    let stream = TcpStream::connect(&b, "10.7.0.1:5001".parse().unwrap()).unwrap();
+    drop((a, b));
+    // The sockets keep their stacks alive and usable.
+    let (mut s, _) = listener.accept().unwrap();
+    (&stream).write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+    drop((s, stream, listener));
+}

@@ -1,0 +1,19 @@
+//! # plebnet-transport — the protocol layer above the stack
+//!
+//! ```text
+//!   relay code
+//!      │
+//!   transport/  Tor-style cells ─ TLS cell streams ─ multipath tunnels ─ DTLS link
+//!      │              (sans-IO cores: bytes and `now` in, bytes and deadlines out)
+//!   plebnet-netstack (TcpStream / UdpSocket over a userspace stack)
+//! ```
+//!
+//! Every protocol state machine here will be sans-IO, after quinn-proto: it
+//! takes the current time and received bytes as arguments and returns bytes
+//! to send and its next deadline; it never reads a clock or touches a socket.
+//! One driver per stack owns the I/O.
+//!
+//! Status: nothing is implemented in this crate yet. The cell codec and the
+//! TLS/DTLS cell streams are issue 4, multipath tunnels issue 5; the README's
+//! feature table tracks them.
+#![forbid(unsafe_code)]
