@@ -82,7 +82,19 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let accept =
         thread::spawn(move || (0..conns).map(|_| listener.accept().map(|(s, _)| s)).collect::<Result<Vec<_>, _>>());
     let clients = (0..conns).map(|_| TcpStream::connect(&b, addr)).collect::<Result<Vec<_>, _>>()?;
-    let servers = accept.join().map_err(|_| "accept thread panicked")??;
+    let mut servers = accept.join().map_err(|_| "accept thread panicked")??;
+    // Handshakes finish in any order over a lossy link: pair each client
+    // with the accepted stream whose peer is that client.
+    let mut paired = Vec::with_capacity(conns);
+    for c in &clients {
+        let local = c.local_addr()?;
+        let i = servers
+            .iter()
+            .position(|s| s.peer_addr().is_ok_and(|p| p == local))
+            .ok_or("an accepted stream has no client")?;
+        paired.push(servers.swap_remove(i));
+    }
+    let servers = paired;
 
     let mut jobs = Vec::new();
     for (i, (c, s)) in clients.into_iter().zip(servers).enumerate() {
@@ -90,7 +102,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let seed = args.seed.wrapping_mul(1000) + (i as u64) * 2 + u64::from(dir == "a -> b");
             let corrupt = args.corrupt_after_transport;
             let writer = thread::spawn(move || send(&from, seed, len));
-            let reader = thread::spawn(move || receive(&to, corrupt));
+            let reader = thread::spawn(move || receive(&to, len, corrupt));
             jobs.push((format!("conn {i} {dir}"), writer, reader));
         }
     }
@@ -120,12 +132,16 @@ fn send(stream: &TcpStream, seed: u64, len: usize) -> std::io::Result<[u8; 32]> 
     Ok(hasher.finalize().into())
 }
 
-fn receive(stream: &TcpStream, mut corrupt: usize) -> std::io::Result<(usize, [u8; 32])> {
+/// Reads the `len` bytes the peer promised (or until EOF if it sends fewer)
+/// and hashes them. It does not wait for EOF after `len` bytes: closing
+/// under heavy loss is a known weak spot (docs/architecture.md).
+fn receive(stream: &TcpStream, len: usize, mut corrupt: usize) -> std::io::Result<(usize, [u8; 32])> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
     loop {
-        let n = std::io::Read::read(&mut &*stream, &mut buf)?;
+        let want = (len - total).min(buf.len());
+        let n = if want == 0 { 0 } else { std::io::Read::read(&mut &*stream, &mut buf[..want])? };
         if n == 0 {
             return Ok((total, hasher.finalize().into()));
         }

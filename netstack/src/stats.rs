@@ -97,7 +97,11 @@ crate::counters! {
         driver_spin_guard,
         /// Orphaned connections aborted after lingering too long.
         orphans_aborted,
-        /// Duplicate ACKs handed to smoltcp on partial ACKs (NewReno assist).
+        /// Pure ACKs handed to smoltcp by the recovery assist (NewReno
+        /// partial ACKs, data-carrying duplicates, tail-loss probes).
         recovery_acks_injected,
+        /// FIN segments and reopening window updates the recovery assist
+        /// sent again itself.
+        recovery_packets_resent,
     }
 }

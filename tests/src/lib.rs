@@ -131,3 +131,22 @@ pub fn drain_hash(mut r: impl Read) -> std::io::Result<(usize, [u8; 32])> {
         total += n;
     }
 }
+
+/// Reads exactly `len` bytes and returns their hash (no wait for EOF).
+pub fn read_exact_hash(mut r: impl Read, len: usize) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = r.read(&mut buf[..left.min(64 * 1024)])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("EOF with {left} bytes missing"),
+            ));
+        }
+        hasher.update(&buf[..n]);
+        left -= n;
+    }
+    Ok(hasher.finalize().into())
+}

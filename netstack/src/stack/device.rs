@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, TxToken};
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
@@ -96,8 +96,17 @@ impl<N: Nic> StackDevice<N> {
     pub(crate) fn service(&mut self, now: Instant) {
         self.nic.service(now);
         let before = self.inject.len();
-        self.assist.get_mut().on_timer(now, &mut self.inject);
+        let assist = self.assist.get_mut();
+        let mut resend = std::mem::take(&mut assist.pending_tx);
+        assist.on_timer(now, &mut self.inject, &mut resend);
         self.counters.recovery_acks_injected.add((self.inject.len() - before) as u64);
+        for packet in resend {
+            let Some(token) = self.nic.transmit(now) else { break };
+            self.counters.recovery_packets_resent.inc();
+            self.counters.tx_packets.inc();
+            self.counters.tx_bytes.add(packet.len() as u64);
+            token.consume(packet.len(), |b| b.copy_from_slice(&packet));
+        }
     }
 
     /// When [`service`](Self::service) is next needed.

@@ -29,7 +29,11 @@ use super::ingress::FourTuple;
 /// an optimisation, losing its state only costs speed).
 const MAX_FLOWS: usize = 1 << 16;
 
-#[derive(Debug, Default, Clone, Copy)]
+/// Probes per stall before the assist gives up and leaves the connection to
+/// smoltcp's own timers (a dead peer must not be probed forever).
+const MAX_PROBES: u32 = 12;
+
+#[derive(Debug, Default, Clone)]
 struct Flow {
     /// One past the highest sequence number we have sent.
     snd_max: Option<TcpSeqNumber>,
@@ -52,6 +56,11 @@ struct Flow {
     rtt_probe: Option<(TcpSeqNumber, Instant)>,
     /// Smoothed round-trip time.
     srtt: Option<Duration>,
+    /// Our latest FIN segment, kept until acknowledged: smoltcp resends a
+    /// lost FIN only on its (backed-off) RTO, so the assist resends it.
+    fin: Option<(TcpSeqNumber, Vec<u8>)>,
+    /// True if the latest window we advertised was zero.
+    advertised_zero: bool,
 }
 
 /// The fields of a pure ACK from the peer.
@@ -81,6 +90,10 @@ impl Flow {
     }
 
     fn arm_probe(&mut self, now: Instant) {
+        if self.probes >= MAX_PROBES {
+            self.probe_at = None;
+            return;
+        }
         let backoff = 1u32 << self.probes.min(4);
         let wait = (self.probe_timeout() * backoff).min(Duration::from_millis(800));
         self.probe_at = self.outstanding().then_some(now + wait);
@@ -98,6 +111,10 @@ pub(crate) struct RecoveryAssist {
     pub(crate) rewritten: u64,
     /// Timer probes sent (each is five pure ACKs).
     pub(crate) probed: u64,
+    /// FIN segments resent by the assist.
+    pub(crate) fins_resent: u64,
+    /// Extra copies of packets to send as soon as possible (window updates).
+    pub(crate) pending_tx: Vec<Vec<u8>>,
 }
 
 /// The parts of a TCP segment the assist looks at.
@@ -148,7 +165,7 @@ impl RecoveryAssist {
             self.flows.get(&key).and_then(|f| f.snd_max).filter(|m| pure_ack && *m > seg.tcp.seq_number)
         };
         if let Some(seq) = rewrite {
-            set_seq(packet, seq);
+            self::rewrite(packet, |tcp| tcp.set_seq_number(seq));
             self.rewritten += 1;
         }
         let Some(seg) = parse(packet) else { return };
@@ -158,10 +175,25 @@ impl RecoveryAssist {
             return;
         }
         let end = seg.tcp.seq_number + seg.tcp.segment_len();
+        let fin = (seg.tcp.control == TcpControl::Fin).then(|| (end - 1, packet.to_vec()));
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
             self.flows.clear();
         }
         let flow = self.flows.entry(key).or_default();
+        if fin.is_some() {
+            flow.fin = fin;
+        }
+        // A window update that reopens a zero window is the only thing that
+        // restarts the peer, and smoltcp sends it once; if it is lost the
+        // peer waits for its persist timer (backing off towards 60 s). Send
+        // it three times.
+        let reopens = flow.advertised_zero && seg.tcp.window_len > 0 && seg.tcp.payload.is_empty();
+        flow.advertised_zero = seg.tcp.window_len == 0;
+        if reopens {
+            self.pending_tx.push(packet.to_vec());
+            self.pending_tx.push(packet.to_vec());
+        }
+        let flow = self.flows.get_mut(&key).expect("just inserted");
         if flow.snd_max.is_none_or(|m| end > m) {
             let was_idle = !flow.outstanding();
             flow.snd_max = Some(end);
@@ -235,6 +267,9 @@ impl RecoveryAssist {
         }
         flow.last_ack = Some(ack);
         flow.dup_acks = 0;
+        if flow.fin.as_ref().is_some_and(|(seq, _)| ack > *seq) {
+            flow.fin = None;
+        }
         flow.progress_at = Some(now);
         flow.probes = 0;
         flow.arm_probe(now);
@@ -255,8 +290,11 @@ impl RecoveryAssist {
 }
 
 impl RecoveryAssist {
-    /// The earliest probe deadline of any flow.
+    /// The earliest probe deadline of any flow; "now" while copies wait.
     pub(crate) fn poll_at(&self) -> Option<Instant> {
+        if !self.pending_tx.is_empty() {
+            return Some(Instant::ZERO);
+        }
         self.flows.values().filter_map(|f| f.probe_at).min()
     }
 
@@ -268,10 +306,33 @@ impl RecoveryAssist {
     /// a window update again), so that the last three are duplicates and
     /// smoltcp retransmits its first unacknowledged segment (RFC 8985's
     /// tail-loss probe, by smoltcp's own fast-retransmit path).
-    pub(crate) fn on_timer(&mut self, now: Instant, out: &mut std::collections::VecDeque<Vec<u8>>) {
+    ///
+    /// When only our FIN is unacknowledged there is nothing for smoltcp to
+    /// fast-retransmit, so the FIN segment itself goes to `resend` instead.
+    pub(crate) fn on_timer(
+        &mut self,
+        now: Instant,
+        out: &mut std::collections::VecDeque<Vec<u8>>,
+        resend: &mut Vec<Vec<u8>>,
+    ) {
         for flow in self.flows.values_mut() {
             let due = flow.probe_at.is_some_and(|t| t <= now);
             if !due {
+                continue;
+            }
+            if let (Some((fin_seq, fin)), Some(acked)) = (&flow.fin, flow.last_ack)
+                && acked == *fin_seq
+            {
+                // smoltcp drops a segment whose ACK is older than what it
+                // has already seen acknowledged, FIN and all: refresh it.
+                let mut fin = fin.clone();
+                if let Some(ack) = flow.rcv_nxt {
+                    rewrite(&mut fin, |tcp| tcp.set_ack_number(ack));
+                }
+                resend.push(fin);
+                self.fins_resent += 1;
+                flow.probes += 1;
+                flow.arm_probe(now);
                 continue;
             }
             let Some(t) = flow.template.filter(|t| t.window > 0 && flow.outstanding()) else {
@@ -346,9 +407,8 @@ fn build_ack(t: &AckTemplate, seq: TcpSeqNumber, window: u16) -> Vec<u8> {
     buf
 }
 
-/// Sets the sequence number of the TCP segment in `packet` and refreshes
-/// its checksum.
-fn set_seq(packet: &mut [u8], seq: TcpSeqNumber) {
+/// Edits the TCP header of `packet` with `edit`, then refreshes its checksum.
+fn rewrite(packet: &mut [u8], edit: impl FnOnce(&mut TcpPacket<&mut [u8]>)) {
     let (src, dst, offset, end) = match packet[0] >> 4 {
         4 => {
             let ip = Ipv4Packet::new_unchecked(&packet[..]);
@@ -361,7 +421,7 @@ fn set_seq(packet: &mut [u8], seq: TcpSeqNumber) {
         }
     };
     let mut tcp = TcpPacket::new_unchecked(&mut packet[offset..end]);
-    tcp.set_seq_number(seq);
+    edit(&mut tcp);
     tcp.fill_checksum(&src, &dst);
 }
 
@@ -476,9 +536,11 @@ mod tests {
         // Two round trips plus the delayed-ACK allowance, floor 20 ms.
         assert_eq!(due - t1, Duration::from_millis(23));
         let mut out = std::collections::VecDeque::new();
-        r.on_timer(due - Duration::from_millis(1), &mut out);
+        let mut resend = Vec::new();
+        r.on_timer(due - Duration::from_millis(1), &mut out, &mut resend);
         assert!(out.is_empty(), "not before the deadline");
-        r.on_timer(due, &mut out);
+        r.on_timer(due, &mut out, &mut resend);
+        assert!(resend.is_empty());
         assert_eq!(out.len(), 5);
         let windows: Vec<u16> = out.iter().map(|p| parse(p).unwrap().tcp.window_len).collect();
         assert_eq!(windows, vec![999, 1000, 1000, 1000, 1000]);
@@ -488,6 +550,55 @@ mod tests {
         // Progress disarms it once everything is acknowledged.
         r.on_ingress(due, &segment(B, A, 5000, 200, 0));
         assert_eq!(r.poll_at(), None);
+    }
+
+    #[test]
+    fn an_unacknowledged_fin_is_resent_by_the_timer() {
+        let mut r = RecoveryAssist::default();
+        let t0 = Instant::from_millis(10);
+        r.on_egress(t0, &mut segment(A, B, 0, 5000, 100));
+        r.on_ingress(t0, &segment(B, A, 5000, 100, 0));
+        let mut fin = segment(A, B, 100, 5000, 0);
+        // Turn it into a FIN (flags byte of the TCP header) and fix the sum.
+        fin[20 + 13] |= 0x01;
+        {
+            let mut tcp = TcpPacket::new_unchecked(&mut fin[20..]);
+            tcp.fill_checksum(&IpAddress::Ipv4(A), &IpAddress::Ipv4(B));
+        }
+        r.on_egress(t0, &mut fin.clone());
+        // Later we acknowledge more of B's data than the FIN did.
+        r.on_egress(t0, &mut segment(A, B, 101, 5300, 0));
+        let due = r.poll_at().unwrap();
+        let (mut out, mut resend) = (std::collections::VecDeque::new(), Vec::new());
+        r.on_timer(due, &mut out, &mut resend);
+        assert!(out.is_empty(), "no pure ACKs: there is no data to fast-retransmit");
+        assert_eq!(resend.len(), 1);
+        let again = parse(&resend[0]).unwrap();
+        assert_eq!(again.tcp.control, TcpControl::Fin);
+        assert_eq!(again.tcp.seq_number, TcpSeqNumber(100));
+        assert_eq!(again.tcp.ack_number, Some(TcpSeqNumber(5300)), "the ACK is refreshed");
+        let p = Ipv4Packet::new_checked(&resend[0][..]).unwrap();
+        assert!(TcpPacket::new_checked(p.payload()).unwrap().verify_checksum(&IpAddress::Ipv4(A), &IpAddress::Ipv4(B)));
+        // Once the FIN is acknowledged, nothing more happens.
+        r.on_ingress(due, &segment(B, A, 5000, 101, 0));
+        assert_eq!(r.poll_at(), None);
+    }
+
+    #[test]
+    fn a_window_update_after_a_zero_window_is_sent_three_times() {
+        let mut r = RecoveryAssist::default();
+        let mut zero = segment(A, B, 0, 5000, 0);
+        TcpPacket::new_unchecked(&mut zero[20..]).set_window_len(0);
+        r.on_egress(Instant::ZERO, &mut zero);
+        assert!(r.pending_tx.is_empty());
+        let mut open = segment(A, B, 0, 5000, 0);
+        r.on_egress(Instant::ZERO, &mut open);
+        assert_eq!(r.pending_tx, vec![open.clone(), open.clone()]);
+        assert_eq!(r.poll_at(), Some(Instant::ZERO), "the driver must flush them now");
+        // An ordinary ACK with an open window is not repeated.
+        r.pending_tx.clear();
+        r.on_egress(Instant::ZERO, &mut open);
+        assert!(r.pending_tx.is_empty());
     }
 
     #[test]
