@@ -53,3 +53,32 @@ fn stacks_shut_down_when_the_last_handle_goes() {
     assert_eq!(&buf, b"still here");
     drop((s, stream, listener));
 }
+
+/// The recovery assist acts under loss when on, touches nothing when off,
+/// and the content arrives intact either way.
+#[test]
+fn the_recovery_assist_can_be_switched_off() {
+    use plebnet::netstack::nic::ImpairConfig;
+    for assist in [true, false] {
+        let loss = ImpairConfig { seed: 3, loss: 0.05, ..Default::default() };
+        let (a, b) = plebnet_tests::stack_pair_with(Some(loss), |c| {
+            c.tcp_recovery_assist = assist;
+            c.tcp_rx_buffer = 64 * 1024;
+            c.tcp_tx_buffer = 64 * 1024;
+        });
+        let listener = TcpListener::bind(&a, "10.7.0.1:5002".parse().unwrap()).unwrap();
+        let client = TcpStream::connect(&b, "10.7.0.1:5002".parse().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let len = 1 << 20;
+        let writer = std::thread::spawn(move || plebnet_tests::send_pattern(&client, 9, len).unwrap());
+        let got = plebnet_tests::read_exact_hash(&server, len).unwrap();
+        assert_eq!(got, writer.join().unwrap(), "assist {assist}: content");
+        let injected =
+            b.stack_counters().recovery_acks_injected.get() + a.stack_counters().recovery_acks_injected.get();
+        if assist {
+            assert!(injected > 0, "under 5% loss the assist should have acted");
+        } else {
+            assert_eq!(injected, 0, "a disabled assist injects nothing");
+        }
+    }
+}

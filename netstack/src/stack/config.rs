@@ -109,6 +109,10 @@ pub struct StackConfig {
     pub orphan_linger: Duration,
     /// Seed for initial sequence numbers and port choice; `None` draws one.
     pub seed: Option<u64>,
+    /// Run the TCP recovery assist in front of smoltcp (NewReno partial
+    /// ACKs, tail-loss probes, FIN and window-update repeats; see
+    /// docs/architecture.md). On by default.
+    pub tcp_recovery_assist: bool,
 }
 
 impl Default for StackConfig {
@@ -127,6 +131,7 @@ impl Default for StackConfig {
             tcp_user_timeout: Duration::from_secs(120),
             orphan_linger: Duration::from_secs(60),
             seed: None,
+            tcp_recovery_assist: true,
         }
     }
 }

@@ -78,12 +78,12 @@ pub(crate) struct StackDevice<N: Nic> {
 }
 
 impl<N: Nic> StackDevice<N> {
-    pub(crate) fn new(nic: N, local: Vec<IpAddress>, counters: Arc<StackCounters>) -> Self {
+    pub(crate) fn new(nic: N, local: Vec<IpAddress>, counters: Arc<StackCounters>, assist: bool) -> Self {
         Self {
             nic,
             guard: SynGuard::default(),
             inject: VecDeque::new(),
-            assist: RefCell::new(RecoveryAssist::default()),
+            assist: RefCell::new(RecoveryAssist::new(assist)),
             loopq: VecDeque::new(),
             loop_free: Vec::new(),
             scratch: Vec::new(),

@@ -115,7 +115,7 @@ impl Stack {
         nic.attach(waker.clone());
 
         let local: Vec<IpAddress> = config.addresses.iter().map(|c| c.addr.into()).collect();
-        let mut device = device::StackDevice::new(nic, local, counters.clone());
+        let mut device = device::StackDevice::new(nic, local, counters.clone(), config.tcp_recovery_assist);
         let mut iface_config = Config::new(HardwareAddress::Ip);
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut device, driver::smol_now(epoch));

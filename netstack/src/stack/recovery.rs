@@ -104,6 +104,8 @@ impl Flow {
 /// remote port)`.
 #[derive(Debug, Default)]
 pub(crate) struct RecoveryAssist {
+    /// False: the assist watches nothing and changes nothing.
+    enabled: bool,
     flows: HashMap<FourTuple, Flow>,
     /// Duplicate ACKs handed to smoltcp, for the counters.
     pub(crate) injected: u64,
@@ -151,12 +153,20 @@ fn parse(packet: &[u8]) -> Option<Segment<'_>> {
 }
 
 impl RecoveryAssist {
+    /// An assist that is active only if `enabled`.
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self { enabled, ..Self::default() }
+    }
+
     /// Notes a segment we are sending, and fixes the sequence number of pure
     /// ACKs: after a retransmission timeout smoltcp rewinds its send pointer
     /// and stamps pure ACKs with it, below the peer's receive window, so the
     /// peer drops them — ACK and all. Linux stamps them with the highest
     /// sequence number sent, which is always acceptable; so do we.
     pub(crate) fn on_egress(&mut self, now: Instant, packet: &mut [u8]) {
+        if !self.enabled {
+            return;
+        }
         let Some(seg) = parse(packet) else { return };
         let pure_ack =
             seg.tcp.payload.is_empty() && seg.tcp.ack_number.is_some() && seg.tcp.control == TcpControl::None;
@@ -216,6 +226,9 @@ impl RecoveryAssist {
     /// [`COPIES`] times *before* the segment itself when it should retransmit
     /// the first missing segment now.
     pub(crate) fn on_ingress(&mut self, now: Instant, packet: &[u8]) -> Option<Vec<u8>> {
+        if !self.enabled {
+            return None;
+        }
         let seg = parse(packet)?;
         let key = (seg.dst, seg.tcp.dst_port, seg.src, seg.tcp.src_port);
         if matches!(seg.tcp.control, TcpControl::Rst) {
@@ -466,7 +479,7 @@ mod tests {
 
     /// A has sent ten 100-byte segments from seq 0 to B.
     fn sender_with_flight() -> RecoveryAssist {
-        let mut r = RecoveryAssist::default();
+        let mut r = RecoveryAssist::new(true);
         for i in 0..10 {
             r.on_egress(Instant::ZERO, &mut segment(A, B, i * 100, 5000, 100));
         }
@@ -525,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_silent_flow_is_probed_after_its_timeout_and_not_before() {
-        let mut r = RecoveryAssist::default();
+        let mut r = RecoveryAssist::new(true);
         let t0 = Instant::from_millis(1000);
         r.on_egress(t0, &mut segment(A, B, 0, 5000, 100));
         // The ACK of the first segment gives an RTT of 4 ms.
@@ -554,7 +567,7 @@ mod tests {
 
     #[test]
     fn an_unacknowledged_fin_is_resent_by_the_timer() {
-        let mut r = RecoveryAssist::default();
+        let mut r = RecoveryAssist::new(true);
         let t0 = Instant::from_millis(10);
         r.on_egress(t0, &mut segment(A, B, 0, 5000, 100));
         r.on_ingress(t0, &segment(B, A, 5000, 100, 0));
@@ -586,7 +599,7 @@ mod tests {
 
     #[test]
     fn a_window_update_after_a_zero_window_is_sent_three_times() {
-        let mut r = RecoveryAssist::default();
+        let mut r = RecoveryAssist::new(true);
         let mut zero = segment(A, B, 0, 5000, 0);
         TcpPacket::new_unchecked(&mut zero[20..]).set_window_len(0);
         r.on_egress(Instant::ZERO, &mut zero);
@@ -603,7 +616,7 @@ mod tests {
 
     #[test]
     fn unknown_flows_and_garbage_are_ignored() {
-        let mut r = RecoveryAssist::default();
+        let mut r = RecoveryAssist::new(true);
         assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 1, 1, 0)).is_none());
         assert!(r.on_ingress(Instant::ZERO, &[0x45, 0, 0]).is_none());
         let mut junk = vec![0x60; 3];
