@@ -100,6 +100,9 @@ crate::counters! {
         /// Pure ACKs handed to smoltcp by the recovery assist (NewReno
         /// partial ACKs, data-carrying duplicates, tail-loss probes).
         recovery_acks_injected,
+        /// Arriving segments with data or FIN whose stale ACK the recovery
+        /// assist raised, because smoltcp would drop them whole.
+        recovery_acks_raised,
         /// FIN segments and reopening window updates the recovery assist
         /// sent again itself.
         recovery_packets_resent,

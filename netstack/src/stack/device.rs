@@ -19,7 +19,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
 use super::ingress::{self, FourTuple, Refusal};
-use super::recovery::{COPIES, RecoveryAssist};
+use super::recovery::{COPIES, Ingress, RecoveryAssist};
 use crate::nic::Nic;
 use crate::stats::StackCounters;
 
@@ -157,14 +157,21 @@ impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
                         // Bind first: smoltcp may transmit (and so borrow the
                         // assist) while handling the packet.
                         let assisted = assist.borrow_mut().on_ingress(now, packet);
-                        if let Some(ack) = assisted {
-                            // The pure ACKs go first, then the real segment.
-                            counters.recovery_acks_injected.add(u64::from(COPIES));
-                            inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
-                            inject.push_back(packet.to_vec());
-                            return f(&ack);
+                        match assisted {
+                            Ingress::Pass => f(packet),
+                            Ingress::AcksFirst(ack) => {
+                                // The pure ACKs go first, then the real segment.
+                                counters.recovery_acks_injected.add(u64::from(COPIES));
+                                inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
+                                inject.push_back(packet.to_vec());
+                                f(&ack)
+                            }
+                            Ingress::Replace(fixed) => {
+                                counters.recovery_acks_raised.inc();
+                                inject.push_back(fixed);
+                                f(&[])
+                            }
                         }
-                        f(packet)
                     }
                     // An empty frame is a no-op for smoltcp.
                     Ok(_) => f(&[]),

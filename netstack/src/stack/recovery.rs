@@ -115,6 +115,8 @@ pub(crate) struct RecoveryAssist {
     pub(crate) probed: u64,
     /// FIN segments resent by the assist.
     pub(crate) fins_resent: u64,
+    /// Arriving segments whose stale ACK was raised so smoltcp keeps them.
+    pub(crate) acks_raised: u64,
     /// Extra copies of packets to send as soon as possible (window updates).
     pub(crate) pending_tx: Vec<Vec<u8>>,
 }
@@ -222,21 +224,44 @@ impl RecoveryAssist {
         }
     }
 
-    /// Looks at an arriving segment. Returns a pure ACK that smoltcp must see
-    /// [`COPIES`] times *before* the segment itself when it should retransmit
-    /// the first missing segment now.
-    pub(crate) fn on_ingress(&mut self, now: Instant, packet: &[u8]) -> Option<Vec<u8>> {
+    /// Looks at an arriving segment and says what smoltcp should see.
+    pub(crate) fn on_ingress(&mut self, now: Instant, packet: &[u8]) -> Ingress {
         if !self.enabled {
-            return None;
+            return Ingress::Pass;
         }
-        let seg = parse(packet)?;
+        let Some(seg) = parse(packet) else { return Ingress::Pass };
         let key = (seg.dst, seg.tcp.dst_port, seg.src, seg.tcp.src_port);
         if matches!(seg.tcp.control, TcpControl::Rst) {
             self.flows.remove(&key);
-            return None;
+            return Ingress::Pass;
         }
-        let flow = self.flows.get_mut(&key)?;
-        let ack = seg.tcp.ack_number?;
+        let Some(flow) = self.flows.get_mut(&key) else { return Ingress::Pass };
+        let Some(ack) = seg.tcp.ack_number else { return Ingress::Pass };
+        // smoltcp drops a segment whose ACK is below what it has already
+        // seen acknowledged — data and FIN included. Reordering makes that
+        // common (a FIN overtaken by a later ACK). ACKs are cumulative, so
+        // raising it to the peer's highest ACK changes nothing else.
+        let carries = !seg.tcp.payload.is_empty() || seg.tcp.control == TcpControl::Fin;
+        if let Some(last) = flow.last_ack
+            && ack < last
+            && carries
+        {
+            let mut fixed = packet.to_vec();
+            rewrite(&mut fixed, |tcp| tcp.set_ack_number(last));
+            self.acks_raised += 1;
+            return Ingress::Replace(fixed);
+        }
+        match self.on_ack(now, &key, &seg, ack) {
+            Some(pure) => Ingress::AcksFirst(pure),
+            None => Ingress::Pass,
+        }
+    }
+
+    /// The ACK logic of [`on_ingress`](Self::on_ingress): returns a pure ACK
+    /// that smoltcp must see [`COPIES`] times *before* the segment itself when
+    /// it should retransmit the first missing segment now.
+    fn on_ack(&mut self, now: Instant, key: &FourTuple, seg: &Segment<'_>, ack: TcpSeqNumber) -> Option<Vec<u8>> {
+        let flow = self.flows.get_mut(key)?;
         flow.template = Some(AckTemplate {
             src: seg.src,
             dst: seg.dst,
@@ -271,7 +296,7 @@ impl RecoveryAssist {
             if flow.dup_acks >= 3 && flow.recover.is_none() && plain {
                 flow.recover = Some(snd_max);
                 self.injected += u64::from(COPIES);
-                return Some(pure_ack(&seg, flow.rcv_nxt));
+                return Some(pure_ack(seg, flow.rcv_nxt));
             }
             return None;
         }
@@ -291,7 +316,7 @@ impl RecoveryAssist {
                 // A partial ACK: the next hole was lost too. Retransmit it now
                 // (RFC 6582) instead of waiting for the RTO.
                 self.injected += u64::from(COPIES);
-                Some(pure_ack(&seg, flow.rcv_nxt))
+                Some(pure_ack(seg, flow.rcv_nxt))
             }
             Some(recover) if ack >= recover => {
                 flow.recover = None;
@@ -367,6 +392,17 @@ impl RecoveryAssist {
             flow.arm_probe(now);
         }
     }
+}
+
+/// What smoltcp should see of an arriving segment.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ingress {
+    /// The segment as it is.
+    Pass,
+    /// [`COPIES`] copies of this pure ACK, then the segment.
+    AcksFirst(Vec<u8>),
+    /// This corrected copy instead of the segment.
+    Replace(Vec<u8>),
 }
 
 /// Copies of the pure ACK to deliver: the first may count as new (it moves
@@ -489,17 +525,19 @@ mod tests {
     #[test]
     fn third_duplicate_ack_with_data_triggers_recovery() {
         let mut r = sender_with_flight();
-        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0)).is_none(), "first ACK just records");
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0)), Ingress::Pass, "first ACK just records");
         // Duplicates that carry B's own data: smoltcp would not count them.
-        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 50)).is_none());
-        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5050, 100, 50)).is_none());
-        let ack = r.on_ingress(Instant::ZERO, &segment(B, A, 5100, 100, 50)).expect("third duplicate");
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 50)), Ingress::Pass);
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5050, 100, 50)), Ingress::Pass);
+        let Ingress::AcksFirst(ack) = r.on_ingress(Instant::ZERO, &segment(B, A, 5100, 100, 50)) else {
+            panic!("third duplicate")
+        };
         let seg = parse(&ack).unwrap();
         assert!(seg.tcp.payload.is_empty());
         assert_eq!(seg.tcp.ack_number, Some(TcpSeqNumber(100)));
         assert_eq!(r.injected, u64::from(COPIES));
         // A fourth duplicate does not trigger again within the same recovery.
-        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5150, 100, 0)).is_none());
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5150, 100, 0)), Ingress::Pass);
     }
 
     #[test]
@@ -510,10 +548,12 @@ mod tests {
             r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0));
         }
         // The retransmission filled the first hole; a second one is at 500.
-        let partial = r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 500, 0)).expect("partial ACK");
+        let Ingress::AcksFirst(partial) = r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 500, 0)) else {
+            panic!("partial ACK")
+        };
         assert_eq!(parse(&partial).unwrap().tcp.ack_number, Some(TcpSeqNumber(500)));
         // Everything acknowledged: recovery over, nothing injected.
-        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 1000, 0)).is_none());
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 1000, 0)), Ingress::Pass);
         assert_eq!(r.injected, 2 * u64::from(COPIES));
     }
 
@@ -615,10 +655,28 @@ mod tests {
     }
 
     #[test]
+    fn a_data_segment_overtaken_by_a_later_ack_gets_that_ack() {
+        let mut r = sender_with_flight();
+        r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 100, 0));
+        r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 600, 0));
+        // B's data sent earlier, carrying ACK 300, arrives late.
+        let Ingress::Replace(fixed) = r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 300, 40)) else {
+            panic!("stale ACK on data must be raised")
+        };
+        let seg = parse(&fixed).unwrap();
+        assert_eq!(seg.tcp.ack_number, Some(TcpSeqNumber(600)));
+        assert_eq!(seg.tcp.payload, &[0xab; 40][..], "the data is untouched");
+        let p = Ipv4Packet::new_checked(&fixed[..]).unwrap();
+        assert!(TcpPacket::new_checked(p.payload()).unwrap().verify_checksum(&IpAddress::Ipv4(B), &IpAddress::Ipv4(A)));
+        // A pure ACK with an old ACK number is only a duplicate: left alone.
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5040, 300, 0)), Ingress::Pass);
+    }
+
+    #[test]
     fn unknown_flows_and_garbage_are_ignored() {
         let mut r = RecoveryAssist::new(true);
-        assert!(r.on_ingress(Instant::ZERO, &segment(B, A, 1, 1, 0)).is_none());
-        assert!(r.on_ingress(Instant::ZERO, &[0x45, 0, 0]).is_none());
+        assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 1, 1, 0)), Ingress::Pass);
+        assert_eq!(r.on_ingress(Instant::ZERO, &[0x45, 0, 0]), Ingress::Pass);
         let mut junk = vec![0x60; 3];
         r.on_egress(Instant::ZERO, &mut junk);
         assert_eq!(junk, vec![0x60; 3]);
