@@ -100,6 +100,9 @@ crate::counters! {
         /// Pure ACKs handed to smoltcp by the recovery assist (NewReno
         /// partial ACKs, data-carrying duplicates, tail-loss probes).
         recovery_acks_injected,
+        /// Outgoing pure ACKs whose rewound sequence number the recovery
+        /// assist moved to the highest sequence number sent.
+        recovery_acks_rewritten,
         /// Arriving segments with data or FIN whose stale ACK the recovery
         /// assist raised, because smoltcp would drop them whole.
         recovery_acks_raised,

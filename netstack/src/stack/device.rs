@@ -83,7 +83,7 @@ impl<N: Nic> StackDevice<N> {
             nic,
             guard: SynGuard::default(),
             inject: VecDeque::new(),
-            assist: RefCell::new(RecoveryAssist::new(assist)),
+            assist: RefCell::new(RecoveryAssist::new(assist, counters.clone())),
             loopq: VecDeque::new(),
             loop_free: Vec::new(),
             scratch: Vec::new(),
@@ -95,13 +95,17 @@ impl<N: Nic> StackDevice<N> {
     /// Timed work: recovery probes that are due.
     pub(crate) fn service(&mut self, now: Instant) {
         self.nic.service(now);
-        let before = self.inject.len();
         let assist = self.assist.get_mut();
         let mut resend = std::mem::take(&mut assist.pending_tx);
         assist.on_timer(now, &mut self.inject, &mut resend);
-        self.counters.recovery_acks_injected.add((self.inject.len() - before) as u64);
-        for packet in resend {
-            let Some(token) = self.nic.transmit(now) else { break };
+        let mut resend = resend.into_iter();
+        while let Some(packet) = resend.next() {
+            let Some(token) = self.nic.transmit(now) else {
+                // The NIC is full: keep the rest for the next iteration.
+                assist.pending_tx.push(packet);
+                assist.pending_tx.extend(resend);
+                break;
+            };
             self.counters.recovery_packets_resent.inc();
             self.counters.tx_packets.inc();
             self.counters.tx_bytes.add(packet.len() as u64);
@@ -161,13 +165,11 @@ impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
                             Ingress::Pass => f(packet),
                             Ingress::AcksFirst(ack) => {
                                 // The pure ACKs go first, then the real segment.
-                                counters.recovery_acks_injected.add(u64::from(COPIES));
                                 inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
                                 inject.push_back(packet.to_vec());
                                 f(&ack)
                             }
                             Ingress::Replace(fixed) => {
-                                counters.recovery_acks_raised.inc();
                                 inject.push_back(fixed);
                                 f(&[])
                             }

@@ -16,6 +16,7 @@
 //! real packet; it only adds pure ACKs that the peer could have sent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use smoltcp::wire::{
 };
 
 use super::ingress::FourTuple;
+use crate::stats::StackCounters;
 
 /// Flows tracked at most; beyond this the table is cleared (the assist is
 /// an optimisation, losing its state only costs speed).
@@ -98,25 +100,83 @@ impl Flow {
         let wait = (self.probe_timeout() * backoff).min(Duration::from_millis(800));
         self.probe_at = self.outstanding().then_some(now + wait);
     }
+
+    /// The ACK logic of [`RecoveryAssist::on_ingress`]: returns a pure ACK
+    /// that smoltcp must see [`COPIES`] times *before* the segment itself when
+    /// it should retransmit the first missing segment now.
+    fn on_ack(&mut self, now: Instant, seg: &Segment<'_>, ack: TcpSeqNumber) -> Option<Vec<u8>> {
+        self.template = Some(AckTemplate {
+            src: seg.src,
+            dst: seg.dst,
+            src_port: seg.tcp.src_port,
+            dst_port: seg.tcp.dst_port,
+            seq: seg.tcp.seq_number,
+            ack,
+            window: seg.tcp.window_len,
+        });
+        if let Some((end, sent)) = self.rtt_probe
+            && ack >= end
+        {
+            let rtt = now - sent;
+            self.srtt = Some(match self.srtt {
+                Some(s) => (s * 7 + rtt) / 8,
+                None => rtt,
+            });
+            self.rtt_probe = None;
+        }
+        let snd_max = self.snd_max?;
+        let Some(last) = self.last_ack else {
+            self.last_ack = Some(ack);
+            return None;
+        };
+        let plain = matches!(seg.tcp.control, TcpControl::None | TcpControl::Psh);
+        if ack == last && ack < snd_max {
+            // A duplicate ACK. smoltcp only counts pure ones that do not
+            // change the window, so when the peer also sends data (both
+            // directions busy) it rarely sees three in a row; we count every
+            // segment.
+            self.dup_acks += 1;
+            if self.dup_acks >= 3 && self.recover.is_none() && plain {
+                self.recover = Some(snd_max);
+                return Some(pure_ack(seg, self.rcv_nxt));
+            }
+            return None;
+        }
+        if ack <= last {
+            return None;
+        }
+        self.last_ack = Some(ack);
+        self.dup_acks = 0;
+        if self.fin.as_ref().is_some_and(|(seq, _)| ack > *seq) {
+            self.fin = None;
+        }
+        self.progress_at = Some(now);
+        self.probes = 0;
+        self.arm_probe(now);
+        match self.recover {
+            Some(recover) if ack < recover && plain => {
+                // A partial ACK: the next hole was lost too. Retransmit it now
+                // (RFC 6582) instead of waiting for the RTO.
+                Some(pure_ack(seg, self.rcv_nxt))
+            }
+            Some(recover) if ack >= recover => {
+                self.recover = None;
+                None
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Per-connection sender state, keyed by `(local, local port, remote,
 /// remote port)`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RecoveryAssist {
     /// False: the assist watches nothing and changes nothing.
     enabled: bool,
     flows: HashMap<FourTuple, Flow>,
-    /// Duplicate ACKs handed to smoltcp, for the counters.
-    pub(crate) injected: u64,
-    /// Outgoing pure ACKs whose sequence number was moved forward.
-    pub(crate) rewritten: u64,
-    /// Timer probes sent (each is five pure ACKs).
-    pub(crate) probed: u64,
-    /// FIN segments resent by the assist.
-    pub(crate) fins_resent: u64,
-    /// Arriving segments whose stale ACK was raised so smoltcp keeps them.
-    pub(crate) acks_raised: u64,
+    /// The stack's counters; the assist bumps its `recovery_*` ones.
+    counters: Arc<StackCounters>,
     /// Extra copies of packets to send as soon as possible (window updates).
     pub(crate) pending_tx: Vec<Vec<u8>>,
 }
@@ -155,9 +215,9 @@ fn parse(packet: &[u8]) -> Option<Segment<'_>> {
 }
 
 impl RecoveryAssist {
-    /// An assist that is active only if `enabled`.
-    pub(crate) fn new(enabled: bool) -> Self {
-        Self { enabled, ..Self::default() }
+    /// An assist that is active only if `enabled` and counts into `counters`.
+    pub(crate) fn new(enabled: bool, counters: Arc<StackCounters>) -> Self {
+        Self { enabled, flows: HashMap::new(), counters, pending_tx: Vec::new() }
     }
 
     /// Notes a segment we are sending, and fixes the sequence number of pure
@@ -170,46 +230,42 @@ impl RecoveryAssist {
             return;
         }
         let Some(seg) = parse(packet) else { return };
-        let pure_ack =
-            seg.tcp.payload.is_empty() && seg.tcp.ack_number.is_some() && seg.tcp.control == TcpControl::None;
-        let rewrite = {
-            let key = (seg.src, seg.tcp.src_port, seg.dst, seg.tcp.dst_port);
-            self.flows.get(&key).and_then(|f| f.snd_max).filter(|m| pure_ack && *m > seg.tcp.seq_number)
-        };
-        if let Some(seq) = rewrite {
-            self::rewrite(packet, |tcp| tcp.set_seq_number(seq));
-            self.rewritten += 1;
-        }
-        let Some(seg) = parse(packet) else { return };
         let key = (seg.src, seg.tcp.src_port, seg.dst, seg.tcp.dst_port);
-        if matches!(seg.tcp.control, TcpControl::Rst) {
+        let (control, seq, len, ack, window) =
+            (seg.tcp.control, seg.tcp.seq_number, seg.tcp.segment_len(), seg.tcp.ack_number, seg.tcp.window_len);
+        let pure_ack = seg.tcp.payload.is_empty() && ack.is_some() && control == TcpControl::None;
+        let empty = seg.tcp.payload.is_empty();
+        if control == TcpControl::Rst {
             self.flows.remove(&key);
             return;
         }
-        let end = seg.tcp.seq_number + seg.tcp.segment_len();
-        let fin = (seg.tcp.control == TcpControl::Fin).then(|| (end - 1, packet.to_vec()));
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
             self.flows.clear();
         }
-        let flow = self.flows.entry(key).or_default();
-        if fin.is_some() {
-            flow.fin = fin;
+        let Self { flows, counters, pending_tx, .. } = self;
+        let flow = flows.entry(key).or_default();
+        if let Some(snd_max) = flow.snd_max.filter(|m| pure_ack && *m > seq) {
+            rewrite(packet, |tcp| tcp.set_seq_number(snd_max));
+            counters.recovery_acks_rewritten.inc();
+            // A pure ACK occupies no sequence space: nothing below changes.
+        }
+        let end = seq + len;
+        if control == TcpControl::Fin {
+            flow.fin = Some((end - 1, packet.to_vec()));
         }
         // A window update that reopens a zero window is the only thing that
         // restarts the peer, and smoltcp sends it once; if it is lost the
         // peer waits for its persist timer (backing off towards 60 s). Send
         // it three times.
-        let reopens = flow.advertised_zero && seg.tcp.window_len > 0 && seg.tcp.payload.is_empty();
-        flow.advertised_zero = seg.tcp.window_len == 0;
-        if reopens {
-            self.pending_tx.push(packet.to_vec());
-            self.pending_tx.push(packet.to_vec());
+        if flow.advertised_zero && window > 0 && empty {
+            pending_tx.push(packet.to_vec());
+            pending_tx.push(packet.to_vec());
         }
-        let flow = self.flows.get_mut(&key).expect("just inserted");
+        flow.advertised_zero = window == 0;
         if flow.snd_max.is_none_or(|m| end > m) {
             let was_idle = !flow.outstanding();
             flow.snd_max = Some(end);
-            if flow.rtt_probe.is_none() && seg.tcp.segment_len() > 0 {
+            if flow.rtt_probe.is_none() && len > 0 {
                 flow.rtt_probe = Some((end, now));
             }
             if was_idle && flow.outstanding() {
@@ -217,7 +273,7 @@ impl RecoveryAssist {
                 flow.arm_probe(now);
             }
         }
-        if let Some(ack) = seg.tcp.ack_number
+        if let Some(ack) = ack
             && flow.rcv_nxt.is_none_or(|r| ack > r)
         {
             flow.rcv_nxt = Some(ack);
@@ -248,81 +304,15 @@ impl RecoveryAssist {
         {
             let mut fixed = packet.to_vec();
             rewrite(&mut fixed, |tcp| tcp.set_ack_number(last));
-            self.acks_raised += 1;
+            self.counters.recovery_acks_raised.inc();
             return Ingress::Replace(fixed);
         }
-        match self.on_ack(now, &key, &seg, ack) {
-            Some(pure) => Ingress::AcksFirst(pure),
+        match flow.on_ack(now, &seg, ack) {
+            Some(pure) => {
+                self.counters.recovery_acks_injected.add(u64::from(COPIES));
+                Ingress::AcksFirst(pure)
+            }
             None => Ingress::Pass,
-        }
-    }
-
-    /// The ACK logic of [`on_ingress`](Self::on_ingress): returns a pure ACK
-    /// that smoltcp must see [`COPIES`] times *before* the segment itself when
-    /// it should retransmit the first missing segment now.
-    fn on_ack(&mut self, now: Instant, key: &FourTuple, seg: &Segment<'_>, ack: TcpSeqNumber) -> Option<Vec<u8>> {
-        let flow = self.flows.get_mut(key)?;
-        flow.template = Some(AckTemplate {
-            src: seg.src,
-            dst: seg.dst,
-            src_port: seg.tcp.src_port,
-            dst_port: seg.tcp.dst_port,
-            seq: seg.tcp.seq_number,
-            ack,
-            window: seg.tcp.window_len,
-        });
-        if let Some((end, sent)) = flow.rtt_probe
-            && ack >= end
-        {
-            let rtt = now - sent;
-            flow.srtt = Some(match flow.srtt {
-                Some(s) => (s * 7 + rtt) / 8,
-                None => rtt,
-            });
-            flow.rtt_probe = None;
-        }
-        let snd_max = flow.snd_max?;
-        let Some(last) = flow.last_ack else {
-            flow.last_ack = Some(ack);
-            return None;
-        };
-        let plain = matches!(seg.tcp.control, TcpControl::None | TcpControl::Psh);
-        if ack == last && ack < snd_max {
-            // A duplicate ACK. smoltcp only counts pure ones that do not
-            // change the window, so when the peer also sends data (both
-            // directions busy) it rarely sees three in a row; we count every
-            // segment.
-            flow.dup_acks += 1;
-            if flow.dup_acks >= 3 && flow.recover.is_none() && plain {
-                flow.recover = Some(snd_max);
-                self.injected += u64::from(COPIES);
-                return Some(pure_ack(seg, flow.rcv_nxt));
-            }
-            return None;
-        }
-        if ack <= last {
-            return None;
-        }
-        flow.last_ack = Some(ack);
-        flow.dup_acks = 0;
-        if flow.fin.as_ref().is_some_and(|(seq, _)| ack > *seq) {
-            flow.fin = None;
-        }
-        flow.progress_at = Some(now);
-        flow.probes = 0;
-        flow.arm_probe(now);
-        match flow.recover {
-            Some(recover) if ack < recover && plain => {
-                // A partial ACK: the next hole was lost too. Retransmit it now
-                // (RFC 6582) instead of waiting for the RTO.
-                self.injected += u64::from(COPIES);
-                Some(pure_ack(seg, flow.rcv_nxt))
-            }
-            Some(recover) if ack >= recover => {
-                flow.recover = None;
-                None
-            }
-            _ => None,
         }
     }
 }
@@ -368,7 +358,6 @@ impl RecoveryAssist {
                     rewrite(&mut fin, |tcp| tcp.set_ack_number(ack));
                 }
                 resend.push(fin);
-                self.fins_resent += 1;
                 flow.probes += 1;
                 flow.arm_probe(now);
                 continue;
@@ -377,16 +366,13 @@ impl RecoveryAssist {
                 flow.probe_at = None;
                 continue;
             };
-            let seq = match flow.rcv_nxt {
-                Some(r) if r > t.seq => r,
-                _ => t.seq,
-            };
+            let seq = acceptable_seq(t.seq, flow.rcv_nxt);
             let other = if t.window > 1 { t.window - 1 } else { t.window + 1 };
             out.push_back(build_ack(&t, seq, other));
             for _ in 0..4 {
                 out.push_back(build_ack(&t, seq, t.window));
             }
-            self.probed += 1;
+            self.counters.recovery_acks_injected.add(5);
             flow.probes += 1;
             flow.recover = flow.snd_max;
             flow.arm_probe(now);
@@ -415,10 +401,7 @@ pub(crate) const COPIES: u32 = 4;
 /// one, unless that is old data (a retransmission), then the highest ACK we
 /// sent.
 fn pure_ack(seg: &Segment<'_>, rcv_nxt: Option<TcpSeqNumber>) -> Vec<u8> {
-    let seq = match rcv_nxt {
-        Some(r) if r > seg.tcp.seq_number => r,
-        _ => seg.tcp.seq_number,
-    };
+    let seq = acceptable_seq(seg.tcp.seq_number, rcv_nxt);
     let t = AckTemplate {
         src: seg.src,
         dst: seg.dst,
@@ -429,6 +412,16 @@ fn pure_ack(seg: &Segment<'_>, rcv_nxt: Option<TcpSeqNumber>) -> Vec<u8> {
         window: seg.tcp.window_len,
     };
     build_ack(&t, seq, t.window)
+}
+
+/// A sequence number for a pure ACK from the peer that smoltcp will accept:
+/// the segment's own, unless that lies below what we already acknowledged
+/// (old data), then our highest ACK.
+fn acceptable_seq(seq: TcpSeqNumber, rcv_nxt: Option<TcpSeqNumber>) -> TcpSeqNumber {
+    match rcv_nxt {
+        Some(r) if r > seq => r,
+        _ => seq,
+    }
 }
 
 /// A pure ACK from the peer's side of `t`.
@@ -515,7 +508,7 @@ mod tests {
 
     /// A has sent ten 100-byte segments from seq 0 to B.
     fn sender_with_flight() -> RecoveryAssist {
-        let mut r = RecoveryAssist::new(true);
+        let mut r = RecoveryAssist::new(true, Arc::default());
         for i in 0..10 {
             r.on_egress(Instant::ZERO, &mut segment(A, B, i * 100, 5000, 100));
         }
@@ -535,7 +528,7 @@ mod tests {
         let seg = parse(&ack).unwrap();
         assert!(seg.tcp.payload.is_empty());
         assert_eq!(seg.tcp.ack_number, Some(TcpSeqNumber(100)));
-        assert_eq!(r.injected, u64::from(COPIES));
+        assert_eq!(r.counters.recovery_acks_injected.get(), u64::from(COPIES));
         // A fourth duplicate does not trigger again within the same recovery.
         assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5150, 100, 0)), Ingress::Pass);
     }
@@ -554,7 +547,7 @@ mod tests {
         assert_eq!(parse(&partial).unwrap().tcp.ack_number, Some(TcpSeqNumber(500)));
         // Everything acknowledged: recovery over, nothing injected.
         assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 5000, 1000, 0)), Ingress::Pass);
-        assert_eq!(r.injected, 2 * u64::from(COPIES));
+        assert_eq!(r.counters.recovery_acks_injected.get(), 2 * u64::from(COPIES));
     }
 
     #[test]
@@ -565,7 +558,7 @@ mod tests {
         let mut ack = segment(A, B, 100, 5000, 0);
         r.on_egress(Instant::ZERO, &mut ack);
         assert_eq!(seq_of(&ack), 1000);
-        assert_eq!(r.rewritten, 1);
+        assert_eq!(r.counters.recovery_acks_rewritten.get(), 1);
         let p = Ipv4Packet::new_checked(&ack[..]).unwrap();
         let tcp = TcpPacket::new_checked(p.payload()).unwrap();
         assert!(tcp.verify_checksum(&IpAddress::Ipv4(A), &IpAddress::Ipv4(B)), "checksum refreshed");
@@ -578,7 +571,7 @@ mod tests {
 
     #[test]
     fn a_silent_flow_is_probed_after_its_timeout_and_not_before() {
-        let mut r = RecoveryAssist::new(true);
+        let mut r = RecoveryAssist::new(true, Arc::default());
         let t0 = Instant::from_millis(1000);
         r.on_egress(t0, &mut segment(A, B, 0, 5000, 100));
         // The ACK of the first segment gives an RTT of 4 ms.
@@ -607,7 +600,7 @@ mod tests {
 
     #[test]
     fn an_unacknowledged_fin_is_resent_by_the_timer() {
-        let mut r = RecoveryAssist::new(true);
+        let mut r = RecoveryAssist::new(true, Arc::default());
         let t0 = Instant::from_millis(10);
         r.on_egress(t0, &mut segment(A, B, 0, 5000, 100));
         r.on_ingress(t0, &segment(B, A, 5000, 100, 0));
@@ -639,7 +632,7 @@ mod tests {
 
     #[test]
     fn a_window_update_after_a_zero_window_is_sent_three_times() {
-        let mut r = RecoveryAssist::new(true);
+        let mut r = RecoveryAssist::new(true, Arc::default());
         let mut zero = segment(A, B, 0, 5000, 0);
         TcpPacket::new_unchecked(&mut zero[20..]).set_window_len(0);
         r.on_egress(Instant::ZERO, &mut zero);
@@ -674,7 +667,7 @@ mod tests {
 
     #[test]
     fn unknown_flows_and_garbage_are_ignored() {
-        let mut r = RecoveryAssist::new(true);
+        let mut r = RecoveryAssist::new(true, Arc::default());
         assert_eq!(r.on_ingress(Instant::ZERO, &segment(B, A, 1, 1, 0)), Ingress::Pass);
         assert_eq!(r.on_ingress(Instant::ZERO, &[0x45, 0, 0]), Ingress::Pass);
         let mut junk = vec![0x60; 3];
