@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 
 use plebnet::net::{NetStack, Stack, StackConfig};
-use plebnet::netstack::nic::{Impair, ImpairConfig, MemLink, MemLinkConfig};
+use plebnet::netstack::nic::{Impair, ImpairConfig, MemLink, MemLinkConfig, UdpNic, UdpNicConfig, UdpPeer};
 use plebnet::netstack::rng::Rng;
 use sha2::{Digest, Sha256};
 
@@ -32,6 +32,31 @@ pub fn os_env() -> Env<plebnet::net::OsStack> {
 }
 
 /// Two plebnet stacks joined by a clean MemLink.
+/// Two stacks joined by kernel UDP on `underlay` (e.g. `127.0.0.1` or
+/// `::1`): A is 10.7.0.1 / fd07::1, B is 10.7.0.2 / fd07::2.
+pub fn udp_stack_pair(underlay: IpAddr, config: UdpNicConfig) -> (Stack, Stack) {
+    let sa = std::net::UdpSocket::bind((underlay, 0)).unwrap();
+    let sb = std::net::UdpSocket::bind((underlay, 0)).unwrap();
+    let (ea, eb) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
+    let na = UdpNic::from_socket(sa, vec![UdpPeer::new(eb, &["10.7.0.2/32", "fd07::2/128"])], config.clone()).unwrap();
+    let nb = UdpNic::from_socket(sb, vec![UdpPeer::new(ea, &["10.7.0.1/32", "fd07::1/128"])], config).unwrap();
+    let ca = StackConfig::with_address("10.7.0.1/24").address("fd07::1/64").named("a");
+    let cb = StackConfig::with_address("10.7.0.2/24").address("fd07::2/64").named("b");
+    (Stack::new(ca, na).unwrap(), Stack::new(cb, nb).unwrap())
+}
+
+/// Two stacks over kernel UDP on 127.0.0.1, talking IPv4.
+pub fn udp_pair_env() -> Env<Stack> {
+    let (a, b) = udp_stack_pair("127.0.0.1".parse().unwrap(), UdpNicConfig::default());
+    Env { server: a, client: b, server_ip: "10.7.0.1".parse().unwrap() }
+}
+
+/// Two stacks over kernel UDP on ::1 (IPv6 underlay), talking IPv6.
+pub fn udp_pair_v6_env() -> Env<Stack> {
+    let (a, b) = udp_stack_pair("::1".parse().unwrap(), UdpNicConfig::default());
+    Env { server: a, client: b, server_ip: "fd07::1".parse().unwrap() }
+}
+
 pub fn pair_env() -> Env<Stack> {
     let (a, b) = stack_pair(None);
     Env { server: a, client: b, server_ip: "10.7.0.1".parse().unwrap() }

@@ -1,5 +1,6 @@
 //! The NetStack suite on every stack: the kernel (OsStack), two plebnet
-//! stacks over MemLink (IPv4 and IPv6), and one plebnet stack talking to
+//! stacks over MemLink (IPv4 and IPv6), two over kernel UDP (IPv4 and IPv6
+//! underlay), and one plebnet stack talking to
 //! itself over 127.0.0.1, ::1 and its own overlay address.
 
 macro_rules! suite_on {
@@ -32,6 +33,8 @@ macro_rules! suite_on {
 suite_on!(os_stack, plebnet_tests::os_env());
 suite_on!(plebnet_pair, plebnet_tests::pair_env());
 suite_on!(plebnet_pair_v6, plebnet_tests::pair_v6_env());
+suite_on!(plebnet_udp_pair, plebnet_tests::udp_pair_env());
+suite_on!(plebnet_udp_pair_v6, plebnet_tests::udp_pair_v6_env());
 suite_on!(plebnet_loopback, plebnet_tests::loopback_env());
 suite_on!(plebnet_loopback_v6, plebnet_tests::loopback_v6_env());
 suite_on!(plebnet_own_address, plebnet_tests::own_address_env());

@@ -148,6 +148,14 @@ impl<D: Nic> Nic for Impair<D> {
         self.inner.readiness_fd()
     }
 
+    fn wants_writable(&self) -> bool {
+        self.inner.wants_writable()
+    }
+
+    fn flush(&mut self) {
+        self.inner.flush();
+    }
+
     fn poll_at(&self) -> Option<Instant> {
         [self.ingress.poll_at(), self.egress.poll_at(), self.inner.poll_at()].into_iter().flatten().min()
     }

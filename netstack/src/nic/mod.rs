@@ -19,10 +19,14 @@ use crate::wake::DriverWaker;
 mod impair;
 mod impair_pipe;
 mod memlink;
+mod udp;
+mod udp_peers;
 
 pub use impair::{Impair, ImpairConfig, ImpairCounters};
 pub use impair_pipe::ImpairPipe;
 pub use memlink::{MemLink, MemLinkConfig, MemLinkCounters, MemNic};
+pub use udp::{MAX_MTU, MIN_MTU, UdpNic, UdpNicConfig, UdpNicCounters, UdpNicError, UdpRx, UdpTx};
+pub use udp_peers::{PeerTableError, UdpPeer};
 
 /// A virtual network interface that a stack driver can own.
 ///
@@ -45,6 +49,16 @@ pub trait Nic: Device + Send + 'static {
     fn readiness_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// True while the NIC waits for its descriptor to become writable
+    /// (the kernel refused a send); the driver then also polls for that.
+    fn wants_writable(&self) -> bool {
+        false
+    }
+
+    /// Sends whatever the NIC batched up. The driver calls this after every
+    /// poll of the interface, so a batch never waits for a timer.
+    fn flush(&mut self) {}
 
     /// When the NIC next needs [`service`](Nic::service) (delayed packets).
     fn poll_at(&self) -> Option<Instant> {

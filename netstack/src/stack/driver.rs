@@ -39,6 +39,7 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             core.iface.poll(now, &mut device, &mut core.sockets);
             core.maintain_listeners(&mut device.guard);
             core.reap_orphans(&mut device.guard);
+            device.nic.flush();
             let smol = core.iface.poll_at(now, &core.sockets);
             [smol, device.poll_at()].into_iter().flatten().min()
         };
@@ -58,10 +59,10 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
         }
         immediate_rounds = 0;
         let fds: &[_] = match nic_fd {
-            Some(fd) => &[waker_fd, fd],
-            None => &[waker_fd],
+            Some(fd) => &[(waker_fd, false), (fd, device.nic.wants_writable())],
+            None => &[(waker_fd, false)],
         };
-        if let Err(e) = sys::wait_readable(fds, timeout) {
+        if let Err(e) = sys::wait_ready(fds, timeout) {
             log::error!("stack {}: driver wait failed: {e}; retrying in 10 ms", shared.name);
             std::thread::sleep(Duration::from_millis(10));
         }

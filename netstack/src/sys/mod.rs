@@ -9,6 +9,7 @@
 
 mod eventfd;
 mod poll;
+pub(crate) mod udp;
 
 pub(crate) use eventfd::EventFd;
-pub(crate) use poll::wait_readable;
+pub(crate) use poll::wait_ready;

@@ -4,14 +4,17 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-/// Blocks until one of `fds` is readable or `timeout` passes (`None`: no
-/// timeout). Returns how many descriptors are ready (0 on timeout).
-/// An interrupted call returns `Ok(0)` so the caller simply re-evaluates.
-pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<usize> {
+/// Blocks until one of `fds` is ready or `timeout` passes (`None`: no
+/// timeout). Each entry is a descriptor and whether writability counts too
+/// (readability always does). Returns how many descriptors are ready (0 on
+/// timeout). An interrupted call returns `Ok(0)` so the caller simply
+/// re-evaluates.
+pub(crate) fn wait_ready(fds: &[(RawFd, bool)], timeout: Option<Duration>) -> io::Result<usize> {
     let mut pollfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
-    assert!(fds.len() <= pollfds.len(), "wait_readable supports at most 4 descriptors");
-    for (slot, &fd) in pollfds.iter_mut().zip(fds) {
-        *slot = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    assert!(fds.len() <= pollfds.len(), "wait_ready supports at most 4 descriptors");
+    for (slot, &(fd, writable)) in pollfds.iter_mut().zip(fds) {
+        let events = if writable { libc::POLLIN | libc::POLLOUT } else { libc::POLLIN };
+        *slot = libc::pollfd { fd, events, revents: 0 };
     }
     let timeout_ms: libc::c_int = match timeout {
         None => -1,

@@ -1,0 +1,480 @@
+//! UdpNic: the unprivileged NIC. Each overlay IP packet travels as one
+//! datagram over a kernel UDP socket, with no header of its own — the framing
+//! of Linux foo-over-UDP and of `socat TUN:… UDP:…`, so third-party peers can
+//! speak it.
+//!
+//! * **Batched**: received datagrams come in with one `recvmmsg` per batch,
+//!   sent ones leave with one `sendmmsg` per batch; where the kernel has UDP
+//!   GSO and GRO, runs of equal-sized packets to one peer travel as one
+//!   super-datagram through the kernel and are cut apart at the edges.
+//! * **Peers only**: a datagram from an endpoint that is not in the peer
+//!   table, or whose inner source address that peer may not use, is dropped
+//!   and counted before the stack sees it.
+//! * **Bounded**: when the kernel says `WouldBlock`, packets wait in a queue
+//!   of at most `tx_queue_packets`; beyond that they are dropped and counted,
+//!   so memory never grows (TCP retransmits; the counters tell).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use super::Nic;
+use super::udp_peers::{PeerTable, PeerTableError, UdpPeer, canonical, packet_destination, packet_source};
+use crate::stats::CounterSource;
+use crate::sys::udp::{self as sys_udp, InMeta, OutGroup};
+
+/// Smallest MTU accepted: IPv6's minimum link MTU.
+pub const MIN_MTU: usize = 1280;
+/// Largest MTU accepted: the biggest UDP payload over IPv4.
+pub const MAX_MTU: usize = 65_507;
+/// Segments the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes the kernel accepts in one GSO send.
+const GSO_MAX_BYTES: usize = 65_000;
+/// Receive buffer for a GRO super-datagram.
+const GRO_BUFFER: usize = 65_535;
+
+/// Settings of a [`UdpNic`].
+#[derive(Debug, Clone)]
+pub struct UdpNicConfig {
+    /// Largest overlay IP packet, in bytes ([`MIN_MTU`]..=[`MAX_MTU`]).
+    pub mtu: usize,
+    /// Datagrams per `recvmmsg` / `sendmmsg`.
+    pub batch: usize,
+    /// Packets that may wait while the kernel socket is full.
+    pub tx_queue_packets: usize,
+    /// Kernel socket buffer size asked for, each direction, in bytes.
+    pub socket_buffer: usize,
+    /// Use UDP GSO/GRO when the kernel offers them.
+    pub offload: bool,
+}
+
+impl Default for UdpNicConfig {
+    fn default() -> Self {
+        Self { mtu: 1400, batch: 64, tx_queue_packets: 4096, socket_buffer: 4 << 20, offload: true }
+    }
+}
+
+/// Why a [`UdpNic`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpNicError {
+    /// The kernel socket could not be opened or bound.
+    #[error("UDP NIC socket on {addr}: {source}")]
+    Socket {
+        /// The address asked for.
+        addr: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The MTU is outside what the NIC carries.
+    #[error("UDP NIC MTU {0} is outside {MIN_MTU}..={MAX_MTU}")]
+    Mtu(usize),
+    /// The peer table is inconsistent.
+    #[error("UDP NIC peers: {0}")]
+    Peers(#[from] PeerTableError),
+}
+
+crate::counters! {
+    /// What a UdpNic did.
+    pub struct UdpNicCounters {
+        /// Overlay packets handed to the stack.
+        rx_packets,
+        /// Bytes of those packets.
+        rx_bytes,
+        /// Datagrams as the kernel returned them (a GRO super-datagram is one).
+        rx_datagrams,
+        /// `recvmmsg` calls that returned data.
+        rx_syscalls,
+        /// Datagrams from an underlay endpoint that is not a peer.
+        rx_dropped_unknown_peer,
+        /// Packets whose inner source address their peer may not use.
+        rx_dropped_spoofed_source,
+        /// Datagrams too short to hold an IP header.
+        rx_dropped_not_ip,
+        /// Packets larger than the MTU, or cut by a too-small buffer.
+        rx_dropped_too_big,
+        /// Receive errors other than "nothing waiting".
+        rx_errors,
+        /// Overlay packets given to the kernel.
+        tx_packets,
+        /// Bytes of those packets.
+        tx_bytes,
+        /// `sendmmsg` calls.
+        tx_syscalls,
+        /// Datagrams sent as one GSO super-datagram.
+        tx_gso_batches,
+        /// Times the kernel socket was full.
+        tx_would_block,
+        /// Packets to an overlay address no peer carries.
+        tx_dropped_no_peer,
+        /// Packets dropped because the wait queue was full.
+        tx_dropped_queue_full,
+        /// Packets larger than the MTU.
+        tx_dropped_too_big,
+        /// Packets the kernel refused (e.g. unreachable underlay).
+        tx_dropped_error,
+    }
+}
+
+/// The receive side: a batch of kernel buffers and a cursor into it.
+#[derive(Debug)]
+struct RxSide {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<InMeta>,
+    /// Buffers filled by the last `recvmmsg`.
+    filled: usize,
+    /// The buffer being handed out, and the offset of its next segment.
+    index: usize,
+    offset: usize,
+}
+
+/// The transmit side: packets waiting for the next `sendmmsg`.
+#[derive(Debug)]
+struct TxSide {
+    fd: RawFd,
+    /// The socket is IPv6 (dual-stack): IPv4 peers need mapped addresses.
+    v6_socket: bool,
+    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    free: Vec<Vec<u8>>,
+    limit: usize,
+    batch: usize,
+    gso: bool,
+    /// The kernel said WouldBlock; wait for writability.
+    blocked: bool,
+}
+
+/// A NIC that carries overlay packets as UDP datagrams to its peers.
+#[derive(Debug)]
+pub struct UdpNic {
+    socket: UdpSocket,
+    peers: PeerTable,
+    mtu: usize,
+    rx: RxSide,
+    tx: TxSide,
+    counters: Arc<UdpNicCounters>,
+}
+
+impl UdpNic {
+    /// Binds a kernel UDP socket at `addr` (e.g. `127.0.0.1:0`) and talks
+    /// to `peers` over it.
+    pub fn bind(addr: SocketAddr, peers: Vec<UdpPeer>, config: UdpNicConfig) -> Result<Self, UdpNicError> {
+        let socket = UdpSocket::bind(addr).map_err(|source| UdpNicError::Socket { addr: addr.to_string(), source })?;
+        Self::from_socket(socket, peers, config)
+    }
+
+    /// Uses an already bound socket, e.g. one opened inside another network
+    /// namespace.
+    pub fn from_socket(socket: UdpSocket, peers: Vec<UdpPeer>, config: UdpNicConfig) -> Result<Self, UdpNicError> {
+        if !(MIN_MTU..=MAX_MTU).contains(&config.mtu) {
+            return Err(UdpNicError::Mtu(config.mtu));
+        }
+        let local = socket.local_addr().map_err(|source| UdpNicError::Socket { addr: "?".into(), source })?;
+        socket.set_nonblocking(true).map_err(|source| UdpNicError::Socket { addr: local.to_string(), source })?;
+        let peers = PeerTable::new(peers)?;
+        let fd = socket.as_raw_fd();
+        sys_udp::set_buffers(fd, config.socket_buffer);
+        let gso = config.offload && sys_udp::gso_supported(fd);
+        let gro = config.offload && sys_udp::enable_gro(fd);
+        let batch = config.batch.clamp(1, 1024);
+        let (rx_count, rx_size) = if gro { (batch.min(32), GRO_BUFFER) } else { (batch, config.mtu) };
+        log::debug!("udp nic {local}: mtu {} batch {batch} gso {gso} gro {gro}", config.mtu);
+        Ok(Self {
+            mtu: config.mtu,
+            rx: RxSide {
+                bufs: (0..rx_count).map(|_| vec![0; rx_size]).collect(),
+                meta: vec![InMeta::default(); rx_count],
+                filled: 0,
+                index: 0,
+                offset: 0,
+            },
+            tx: TxSide {
+                fd,
+                v6_socket: local.is_ipv6(),
+                queue: VecDeque::new(),
+                free: Vec::new(),
+                limit: config.tx_queue_packets.max(1),
+                batch,
+                gso,
+                blocked: false,
+            },
+            socket,
+            peers,
+            counters: Arc::default(),
+        })
+    }
+
+    /// The underlay address the NIC's socket is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The NIC's counters.
+    pub fn stats(&self) -> Arc<UdpNicCounters> {
+        self.counters.clone()
+    }
+
+    /// The next acceptable packet as (buffer index, offset, length), reading
+    /// from the kernel when the current batch is used up.
+    fn next_packet(&mut self) -> Option<(usize, usize, usize)> {
+        loop {
+            if self.rx.index >= self.rx.filled {
+                if !self.refill() {
+                    return None;
+                }
+                continue;
+            }
+            let i = self.rx.index;
+            let meta = self.rx.meta[i];
+            let seg = if meta.segment == 0 { meta.len } else { meta.segment };
+            let off = self.rx.offset;
+            let len = seg.min(meta.len - off);
+            if off + len >= meta.len {
+                self.rx.index += 1;
+                self.rx.offset = 0;
+            } else {
+                self.rx.offset += len;
+            }
+            if off == 0 {
+                self.counters.rx_datagrams.inc();
+                if meta.truncated {
+                    self.counters.rx_dropped_too_big.inc();
+                    self.rx.index = i + 1;
+                    self.rx.offset = 0;
+                    continue;
+                }
+            }
+            let Some(peer) = meta.src.and_then(|src| self.peers.peer_at(src)) else {
+                self.counters.rx_dropped_unknown_peer.inc();
+                continue;
+            };
+            if len > self.mtu {
+                self.counters.rx_dropped_too_big.inc();
+                continue;
+            }
+            let packet = &self.rx.bufs[i][off..off + len];
+            let Some(src) = packet_source(packet) else {
+                self.counters.rx_dropped_not_ip.inc();
+                continue;
+            };
+            if !peer.prefixes.iter().any(|p| p.contains(src)) {
+                self.counters.rx_dropped_spoofed_source.inc();
+                continue;
+            }
+            self.counters.rx_packets.inc();
+            self.counters.rx_bytes.add(len as u64);
+            return Some((i, off, len));
+        }
+    }
+
+    /// One `recvmmsg`; false if nothing was waiting.
+    fn refill(&mut self) -> bool {
+        self.rx.index = 0;
+        self.rx.offset = 0;
+        self.rx.filled = 0;
+        match sys_udp::recv_batch(self.tx.fd, &mut self.rx.bufs, &mut self.rx.meta) {
+            Ok(n) => {
+                self.counters.rx_syscalls.inc();
+                self.rx.filled = n;
+                n > 0
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here; nothing to
+                // deliver, and the socket stays usable.
+                self.counters.rx_errors.inc();
+                log::debug!("udp nic: receive error: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl TxSide {
+    /// Sends everything queued, as far as the kernel takes it.
+    fn flush(&mut self, counters: &UdpNicCounters) {
+        self.blocked = false;
+        while !self.queue.is_empty() {
+            let (packets, groups) = self.plan();
+            let packet_refs: Vec<&[u8]> = packets.iter().map(|&i| self.queue[i].1.as_slice()).collect();
+            let result = sys_udp::send_batch(self.fd, &packet_refs, &groups);
+            counters.tx_syscalls.inc();
+            let (sent_groups, failed) = match result {
+                Ok(n) => (n, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    counters.tx_would_block.inc();
+                    self.blocked = true;
+                    return;
+                }
+                Err(e) if self.gso && groups[0].segment > 0 && e.raw_os_error() == Some(libc::EIO) => {
+                    // The route cannot segment (no checksum offload): go on
+                    // without GSO.
+                    log::info!("udp nic: GSO refused ({e}); sending datagrams one by one");
+                    self.gso = false;
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!("udp nic: send to {} failed: {e}", groups[0].dest);
+                    (1, true)
+                }
+            };
+            let done: usize = groups[..sent_groups].iter().map(|g| g.count).sum();
+            for g in &groups[..sent_groups] {
+                if g.count > 1 && g.segment > 0 {
+                    counters.tx_gso_batches.inc();
+                }
+            }
+            for _ in 0..done {
+                let (_, buf) = self.queue.pop_front().expect("planned packets are queued");
+                if failed {
+                    counters.tx_dropped_error.inc();
+                } else {
+                    counters.tx_packets.inc();
+                    counters.tx_bytes.add(buf.len() as u64);
+                }
+                if self.free.len() < self.batch * 2 {
+                    self.free.push(buf);
+                }
+            }
+        }
+    }
+
+    /// Groups the head of the queue into datagrams for one `sendmmsg`:
+    /// queue indices in send order, and the groups over them.
+    fn plan(&self) -> (Vec<usize>, Vec<OutGroup>) {
+        let mut packets = Vec::new();
+        let mut groups: Vec<OutGroup> = Vec::new();
+        for (i, (dest, buf)) in self.queue.iter().enumerate() {
+            if groups.len() >= self.batch && groups.last().is_none_or(|g| !self.extends(g, i, *dest, buf.len())) {
+                break;
+            }
+            packets.push(i);
+            match groups.last_mut() {
+                Some(g) if self.extends(g, i, *dest, buf.len()) => g.count += 1,
+                _ => {
+                    let dest = if self.v6_socket { to_mapped(*dest) } else { *dest };
+                    groups.push(OutGroup { dest, start: i, count: 1, segment: buf.len() as u16 });
+                }
+            }
+        }
+        for g in &mut groups {
+            if g.count == 1 {
+                g.segment = 0;
+            }
+        }
+        (packets, groups)
+    }
+
+    /// True if packet `i` (to `dest`, `len` bytes) can join GSO group `g`.
+    fn extends(&self, g: &OutGroup, i: usize, dest: SocketAddr, len: usize) -> bool {
+        if !self.gso || g.count >= GSO_MAX_SEGMENTS || (g.count + 1) * usize::from(g.segment) > GSO_MAX_BYTES {
+            return false;
+        }
+        // Same peer, and every packet but the group's last exactly `segment`
+        // long: the previous packet must be full-size, this one no longer.
+        let prev_len = self.queue[i - 1].1.len();
+        canonical(dest) == canonical(self.queue[g.start].0)
+            && prev_len == usize::from(g.segment)
+            && len <= usize::from(g.segment)
+    }
+}
+
+/// The IPv4-mapped spelling of an IPv4 endpoint, for a dual-stack socket.
+fn to_mapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+        v6 => v6,
+    }
+}
+
+/// A received packet: a slice of the batch buffer.
+pub struct UdpRx<'a> {
+    packet: &'a [u8],
+}
+
+/// Permission to queue one packet for sending.
+pub struct UdpTx<'a> {
+    tx: &'a mut TxSide,
+    peers: &'a PeerTable,
+    mtu: usize,
+    counters: &'a UdpNicCounters,
+}
+
+impl phy::RxToken for UdpRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.packet)
+    }
+}
+
+impl phy::TxToken for UdpTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = self.tx.free.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        let dest = packet_destination(&buf).and_then(|dst| self.peers.route(dst));
+        if len > self.mtu {
+            self.counters.tx_dropped_too_big.inc();
+        } else if let Some(dest) = dest {
+            if self.tx.queue.len() >= self.tx.limit {
+                self.counters.tx_dropped_queue_full.inc();
+            } else {
+                self.tx.queue.push_back((dest, buf));
+                if self.tx.queue.len() >= self.tx.batch && !self.tx.blocked {
+                    self.tx.flush(self.counters);
+                }
+                return r;
+            }
+        } else {
+            self.counters.tx_dropped_no_peer.inc();
+        }
+        self.tx.free.push(buf);
+        r
+    }
+}
+
+impl Device for UdpNic {
+    type RxToken<'a> = UdpRx<'a>;
+    type TxToken<'a> = UdpTx<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let (i, off, len) = self.next_packet()?;
+        let rx = UdpRx { packet: &self.rx.bufs[i][off..off + len] };
+        let tx = UdpTx { tx: &mut self.tx, peers: &self.peers, mtu: self.mtu, counters: &self.counters };
+        Some((rx, tx))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        Some(UdpTx { tx: &mut self.tx, peers: &self.peers, mtu: self.mtu, counters: &self.counters })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps.max_burst_size = Some(self.tx.batch);
+        caps
+    }
+}
+
+impl Nic for UdpNic {
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.tx.fd)
+    }
+
+    fn wants_writable(&self) -> bool {
+        self.tx.blocked
+    }
+
+    fn flush(&mut self) {
+        self.tx.flush(&self.counters);
+    }
+
+    fn counters(&self) -> Vec<(String, Arc<dyn CounterSource>)> {
+        vec![("udp".to_string(), self.counters.clone() as Arc<dyn CounterSource>)]
+    }
+}
