@@ -13,7 +13,10 @@
 //! to send and its next deadline; it never reads a clock or touches a socket.
 //! One driver per stack owns the I/O.
 //!
-//! Status: nothing is implemented in this crate yet. The cell codec and the
-//! TLS/DTLS cell streams are issue 4, multipath tunnels issue 5; the README's
-//! feature table tracks them.
+//! Status: the Tor-style cell codec exists ([`cell`]: fixed- and
+//! variable-length cells, an incremental decoder and an encoder into caller
+//! buffers). The TLS/DTLS cell streams (the rest of issue 4) and multipath
+//! tunnels (issue 5) are still to come; the README's feature table tracks them.
 #![forbid(unsafe_code)]
+
+pub mod cell;
