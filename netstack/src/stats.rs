@@ -106,8 +106,11 @@ crate::counters! {
         /// Arriving segments with data or FIN whose stale ACK the recovery
         /// assist raised, because smoltcp would drop them whole.
         recovery_acks_raised,
-        /// FIN segments and reopening window updates the recovery assist
-        /// sent again itself.
+        /// Reopening window updates the recovery assist sent again itself.
         recovery_packets_resent,
+        /// Bare FIN|ACK segments the FIN keeper resent because our FIN stayed
+        /// unacknowledged with no smoltcp timer left to resend it (always
+        /// on, whether or not the recovery assist is).
+        fin_resent,
     }
 }

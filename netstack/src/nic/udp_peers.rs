@@ -62,16 +62,6 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Overlapping prefixes: one contains the other's network address.
-pub(crate) fn overlaps(a: &Cidr, b: &Cidr) -> bool {
-    if a.addr.is_ipv4() != b.addr.is_ipv4() {
-        return false;
-    }
-    let shorter = if a.prefix <= b.prefix { a } else { b };
-    let longer = if a.prefix <= b.prefix { b } else { a };
-    shorter.contains(longer.addr)
-}
-
 /// The peers of one UdpNic.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PeerTable {
@@ -88,7 +78,7 @@ impl PeerTable {
                     return Err(PeerTableError::DuplicateEndpoint(a.endpoint));
                 }
                 for pa in &a.prefixes {
-                    if let Some(pb) = b.prefixes.iter().find(|pb| overlaps(pa, pb)) {
+                    if let Some(pb) = b.prefixes.iter().find(|pb| pa.overlaps(pb)) {
                         return Err(PeerTableError::Overlap {
                             a: a.endpoint,
                             a_prefix: *pa,

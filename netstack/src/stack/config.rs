@@ -36,6 +36,11 @@ impl Cidr {
             _ => false,
         }
     }
+
+    /// True if the two prefixes share an address (one contains the other).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4() && (self.contains(other.addr) || other.contains(self.addr))
+    }
 }
 
 impl fmt::Display for Cidr {
@@ -110,8 +115,9 @@ pub struct StackConfig {
     /// Seed for initial sequence numbers and port choice; `None` draws one.
     pub seed: Option<u64>,
     /// Run the TCP recovery assist in front of smoltcp (NewReno partial
-    /// ACKs, tail-loss probes, FIN and window-update repeats; see
-    /// docs/architecture.md). On by default.
+    /// ACKs, tail-loss probes, window-update repeats; see
+    /// docs/architecture.md). On by default. Resending a lost FIN is not
+    /// part of it: that is a correctness fix and always on.
     pub tcp_recovery_assist: bool,
 }
 

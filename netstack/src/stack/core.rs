@@ -4,7 +4,7 @@
 //! Application threads lock it briefly to move bytes in or out of a socket
 //! buffer; the driver locks it to poll smoltcp. Nobody blocks while holding it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
 use super::config::StackConfig;
 use super::device::SynGuard;
+use super::fin_keeper::{FinKeeper, SocketCheck};
 use super::ingress::FourTuple;
 use super::ports::PortTable;
 use crate::stats::StackCounters;
@@ -55,6 +56,8 @@ pub(crate) struct Core {
     pub(crate) listeners: HashMap<u64, ListenerState>,
     next_listener: u64,
     pub(crate) orphans: Vec<Orphan>,
+    /// Which TCP socket has which 4-tuple, for the FIN keeper's review.
+    index: TcpIndex,
     pub(crate) config: StackConfig,
     pub(crate) counters: Arc<StackCounters>,
     /// The time of the driver's latest poll.
@@ -71,6 +74,7 @@ impl Core {
             listeners: HashMap::new(),
             next_listener: 1,
             orphans: Vec::new(),
+            index: TcpIndex::default(),
             config,
             counters,
             now: Instant::ZERO,
@@ -144,7 +148,7 @@ impl Core {
     pub(crate) fn maintain_listeners(&mut self, guard: &mut SynGuard) {
         guard.available.clear();
         for listener in self.listeners.values_mut() {
-            sort_pool(listener, &mut self.sockets, guard);
+            sort_pool(listener, &mut self.sockets, guard, &mut self.index);
             refill_pool(listener, &mut self.sockets, &self.config);
             *guard.available.entry(listener.endpoint.port).or_default() += listener.pool.len();
             let ready = listener
@@ -168,6 +172,7 @@ impl Core {
             return;
         };
         for h in listener.pool {
+            self.index.forget(h);
             self.sockets.remove(h);
         }
         for (h, tuple) in listener.pending {
@@ -189,6 +194,7 @@ impl Core {
             let socket = self.sockets.get_mut::<tcp::Socket>(orphan.handle);
             if socket.state() == tcp::State::Closed {
                 let orphan = self.orphans.swap_remove(i);
+                self.index.forget(orphan.handle);
                 self.sockets.remove(orphan.handle);
                 if let Some(port) = orphan.port {
                     self.ports.release_tcp_conn(port);
@@ -203,6 +209,112 @@ impl Core {
                 self.counters.orphans_aborted.inc();
             }
             i += 1;
+        }
+    }
+
+    /// After each poll: tells the FIN keeper what the socket of each 4-tuple
+    /// it watches is doing, so that it resends a FIN only for a connection
+    /// that is closing with nothing but the FIN outstanding, and forgets
+    /// connections that are gone or no longer closing.
+    ///
+    /// Costs nothing while the keeper is idle and O(armed entries)
+    /// otherwise; the one exception is a 4-tuple the index has not seen yet
+    /// (an active open since the last scan), which costs one pass over the
+    /// sockets for all such tuples together.
+    pub(crate) fn review_fin_keeper(&mut self, keeper: &mut FinKeeper) {
+        let departed = std::mem::take(&mut self.index.departed);
+        if keeper.is_empty() {
+            return;
+        }
+        let Self { sockets, index, .. } = self;
+        if keeper.armed().any(|t| index.find(sockets, &departed, t) == Lookup::Unknown) {
+            index.rescan(sockets);
+        }
+        keeper.review(|tuple| {
+            let Lookup::Found(h) = index.find(sockets, &departed, tuple) else { return SocketCheck::Gone };
+            let socket = sockets.get::<tcp::Socket>(h);
+            match socket.state() {
+                tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck if socket.send_queue() == 0 => {
+                    SocketCheck::FinOnly
+                }
+                tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck => SocketCheck::Sending,
+                _ => SocketCheck::Gone,
+            }
+        });
+    }
+}
+
+/// A map from 4-tuple to TCP socket, kept so that per-connection upkeep need
+/// not walk the whole socket set (smoltcp offers no lookup by endpoint).
+///
+/// Passive connections enter it as they leave their listener's pool; active
+/// ones when [`rescan`](Self::rescan) finds them. Every removal of a TCP
+/// socket from the set must go through [`forget`](Self::forget) first:
+/// smoltcp's `SocketSet::get` panics on a stale handle, so the index must
+/// never hold one.
+#[derive(Debug, Default)]
+struct TcpIndex {
+    by_tuple: HashMap<FourTuple, SocketHandle>,
+    by_handle: HashMap<SocketHandle, FourTuple>,
+    /// Tuples whose socket was removed since the last review: known to be
+    /// over, so looking them up needs no scan.
+    departed: HashSet<FourTuple>,
+}
+
+/// What the index knows about a 4-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The connection's socket.
+    Found(SocketHandle),
+    /// Its socket was removed, or has closed or gone back to listening.
+    Over,
+    /// Never indexed (an active open since the last scan), or the entry is
+    /// stale: only a scan can tell.
+    Unknown,
+}
+
+impl TcpIndex {
+    fn insert(&mut self, tuple: FourTuple, handle: SocketHandle) {
+        if let Some(old) = self.by_handle.insert(handle, tuple)
+            && old != tuple
+        {
+            self.by_tuple.remove(&old);
+        }
+        self.by_tuple.insert(tuple, handle);
+    }
+
+    /// Drops `handle`, which is about to be removed from the socket set.
+    fn forget(&mut self, handle: SocketHandle) {
+        if let Some(tuple) = self.by_handle.remove(&handle)
+            && self.by_tuple.get(&tuple) == Some(&handle)
+        {
+            self.by_tuple.remove(&tuple);
+            self.departed.insert(tuple);
+        }
+    }
+
+    /// The socket whose endpoints are `tuple` now. The entry is checked: a
+    /// socket loses its endpoints when it closes, and a listening socket can
+    /// take another connection without being removed.
+    fn find(&self, sockets: &SocketSet<'static>, departed: &HashSet<FourTuple>, tuple: &FourTuple) -> Lookup {
+        let Some(&h) = self.by_tuple.get(tuple) else {
+            return if departed.contains(tuple) { Lookup::Over } else { Lookup::Unknown };
+        };
+        match tuple_of(sockets.get::<tcp::Socket>(h)) {
+            Some(t) if t == *tuple => Lookup::Found(h),
+            Some(_) => Lookup::Unknown,
+            None => Lookup::Over,
+        }
+    }
+
+    /// Indexes every connected TCP socket.
+    fn rescan(&mut self, sockets: &SocketSet<'static>) {
+        for (h, socket) in sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(t) = socket
+                && let Some(tuple) = tuple_of(t)
+            {
+                self.insert(tuple, h);
+            }
         }
     }
 }
@@ -222,7 +334,12 @@ fn refill_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, c
 
 /// Moves sockets between a listener's pool and pending queue according to
 /// their TCP state.
-fn sort_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, guard: &mut SynGuard) {
+fn sort_pool(
+    listener: &mut ListenerState,
+    sockets: &mut SocketSet<'static>,
+    guard: &mut SynGuard,
+    index: &mut TcpIndex,
+) {
     let mut i = 0;
     while i < listener.pool.len() {
         let h = listener.pool[i];
@@ -231,6 +348,7 @@ fn sort_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, gua
             tcp::State::Listen => i += 1,
             tcp::State::Closed => {
                 listener.pool.swap_remove(i);
+                index.forget(h);
                 sockets.remove(h);
             }
             _ => {
@@ -245,6 +363,7 @@ fn sort_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, gua
                     continue;
                 }
                 guard.live.insert(tuple);
+                index.insert(tuple, h);
                 listener.pending.push_back((h, tuple));
             }
         }
@@ -263,6 +382,7 @@ fn sort_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, gua
             tcp::State::Closed => {
                 guard.live.remove(&tuple);
                 let _ = listener.pending.remove(j);
+                index.forget(h);
                 sockets.remove(h);
             }
             _ => j += 1,

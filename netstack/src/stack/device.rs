@@ -9,6 +9,10 @@
 //!   retransmission) is dropped instead of reaching a second listening socket,
 //!   and SYNs beyond a listener's backlog are dropped and counted instead of
 //!   being answered with RST.
+//!
+//! It also carries two helpers that watch the TCP segments passing to and
+//! from the NIC: the recovery assist ([`super::recovery`], optional) and the
+//! FIN keeper ([`super::fin_keeper`], always on).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,6 +22,7 @@ use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, TxToken};
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
+use super::fin_keeper::FinKeeper;
 use super::ingress::{self, FourTuple, Refusal};
 use super::recovery::{COPIES, Ingress, RecoveryAssist};
 use crate::nic::Nic;
@@ -70,6 +75,9 @@ pub(crate) struct StackDevice<N: Nic> {
     /// Pure duplicate ACKs from the recovery assist, delivered next.
     inject: VecDeque<Vec<u8>>,
     assist: RefCell<RecoveryAssist>,
+    /// Resends FINs smoltcp forgot; in a cell because the receive and
+    /// transmit tokens of one poll step both reach it.
+    keeper: RefCell<FinKeeper>,
     loopq: VecDeque<Vec<u8>>,
     loop_free: Vec<Vec<u8>>,
     scratch: Vec<u8>,
@@ -84,6 +92,7 @@ impl<N: Nic> StackDevice<N> {
             guard: SynGuard::default(),
             inject: VecDeque::new(),
             assist: RefCell::new(RecoveryAssist::new(assist, counters.clone())),
+            keeper: RefCell::new(FinKeeper::new()),
             loopq: VecDeque::new(),
             loop_free: Vec::new(),
             scratch: Vec::new(),
@@ -92,13 +101,12 @@ impl<N: Nic> StackDevice<N> {
         }
     }
 
-    /// Timed work: recovery probes that are due.
+    /// Timed work: recovery probes and FIN resends that are due.
     pub(crate) fn service(&mut self, now: Instant) {
         self.nic.service(now);
         let assist = self.assist.get_mut();
-        let mut resend = std::mem::take(&mut assist.pending_tx);
-        assist.on_timer(now, &mut self.inject, &mut resend);
-        let mut resend = resend.into_iter();
+        assist.on_timer(now, &mut self.inject);
+        let mut resend = std::mem::take(&mut assist.pending_tx).into_iter();
         while let Some(packet) = resend.next() {
             let Some(token) = self.nic.transmit(now) else {
                 // The NIC is full: keep the rest for the next iteration.
@@ -107,21 +115,47 @@ impl<N: Nic> StackDevice<N> {
                 break;
             };
             self.counters.recovery_packets_resent.inc();
-            self.counters.tx_packets.inc();
-            self.counters.tx_bytes.add(packet.len() as u64);
-            token.consume(packet.len(), |b| b.copy_from_slice(&packet));
+            send_raw(token, &packet, &self.counters);
+        }
+        let keeper = self.keeper.get_mut();
+        if keeper.poll_timeout().is_some_and(|t| t <= now) {
+            // Take a token first: a FIN taken from the keeper is sent. With
+            // the NIC full the keeper keeps its deadline and we come back.
+            while let Some(token) = self.nic.transmit(now) {
+                if !keeper.poll_transmit(now, &mut self.scratch) {
+                    break;
+                }
+                self.counters.fin_resent.inc();
+                send_raw(token, &self.scratch, &self.counters);
+            }
         }
     }
 
     /// When [`service`](Self::service) is next needed.
     pub(crate) fn poll_at(&self) -> Option<Instant> {
-        [self.nic.poll_at(), self.assist.borrow().poll_at()].into_iter().flatten().min()
+        [self.nic.poll_at(), self.assist.borrow().poll_at(), self.keeper.borrow().poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The FIN keeper, for the driver's after-poll review of the sockets it
+    /// watches ([`Core::review_fin_keeper`](super::core::Core::review_fin_keeper)).
+    pub(crate) fn fin_keeper(&mut self) -> &mut FinKeeper {
+        self.keeper.get_mut()
     }
 
     /// True if looped-back packets wait to be received.
     pub(crate) fn has_loopback(&self) -> bool {
         !self.loopq.is_empty() || !self.inject.is_empty()
     }
+}
+
+/// Sends `packet`, which the device made itself, with `token`.
+fn send_raw<T: TxToken>(token: T, packet: &[u8], counters: &StackCounters) {
+    counters.tx_packets.inc();
+    counters.tx_bytes.add(packet.len() as u64);
+    token.consume(packet.len(), |b| b.copy_from_slice(packet));
 }
 
 fn is_local(local: &[IpAddress], dst: IpAddress) -> bool {
@@ -138,6 +172,7 @@ pub(crate) enum StackRx<'a, R> {
         token: R,
         guard: &'a mut SynGuard,
         assist: &'a RefCell<RecoveryAssist>,
+        keeper: &'a RefCell<FinKeeper>,
         inject: &'a mut VecDeque<Vec<u8>>,
         counters: &'a StackCounters,
         now: Instant,
@@ -153,11 +188,12 @@ pub(crate) enum StackRx<'a, R> {
 impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
         match self {
-            StackRx::Nic { token, guard, assist, inject, counters, now } => token.consume(|packet| {
+            StackRx::Nic { token, guard, assist, keeper, inject, counters, now } => token.consume(|packet| {
                 counters.rx_packets.inc();
                 counters.rx_bytes.add(packet.len() as u64);
                 match ingress::inspect(packet, false) {
                     Ok(acc) if acc.syn.is_none_or(|t| guard.admit(t, counters)) => {
+                        keeper.borrow_mut().on_ingress(packet);
                         // Bind first: smoltcp may transmit (and so borrow the
                         // assist) while handling the packet.
                         let assisted = assist.borrow_mut().on_ingress(now, packet);
@@ -210,6 +246,7 @@ pub(crate) struct StackTx<'a, T> {
     scratch: &'a mut Vec<u8>,
     local: &'a [IpAddress],
     assist: &'a RefCell<RecoveryAssist>,
+    keeper: &'a RefCell<FinKeeper>,
     counters: &'a StackCounters,
     now: Instant,
 }
@@ -232,6 +269,7 @@ impl<T: phy::TxToken> phy::TxToken for StackTx<'_, T> {
             self.counters.tx_packets.inc();
             self.counters.tx_bytes.add(len as u64);
             self.assist.borrow_mut().on_egress(self.now, packet);
+            self.keeper.borrow_mut().on_egress(self.now, packet, |key| self.assist.borrow().srtt(key));
             self.nic.consume(len, |b| b.copy_from_slice(packet));
         }
         r
@@ -243,23 +281,23 @@ impl<N: Nic> Device for StackDevice<N> {
     type TxToken<'a> = StackTx<'a, N::TxToken<'a>>;
 
     fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let Self { nic, guard, inject, assist, loopq, loop_free, scratch, local, counters } = self;
+        let Self { nic, guard, inject, assist, keeper, loopq, loop_free, scratch, local, counters } = self;
         if let Some(packet) = inject.pop_front().or_else(|| loopq.pop_front()) {
             let nic_tx = nic.transmit(now)?;
             let rx = StackRx::Loop { packet, free: loop_free, guard, counters };
-            let tx = StackTx { nic: nic_tx, loopq, loop_free: None, scratch, local, assist, counters, now };
+            let tx = StackTx { nic: nic_tx, loopq, loop_free: None, scratch, local, assist, keeper, counters, now };
             return Some((rx, tx));
         }
         let (rx, tx) = nic.receive(now)?;
-        let rx = StackRx::Nic { token: rx, guard, assist, inject, counters, now };
-        let tx = StackTx { nic: tx, loopq, loop_free: Some(loop_free), scratch, local, assist, counters, now };
+        let rx = StackRx::Nic { token: rx, guard, assist, keeper, inject, counters, now };
+        let tx = StackTx { nic: tx, loopq, loop_free: Some(loop_free), scratch, local, assist, keeper, counters, now };
         Some((rx, tx))
     }
 
     fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
-        let Self { nic, loopq, loop_free, scratch, local, assist, counters, .. } = self;
+        let Self { nic, loopq, loop_free, scratch, local, assist, keeper, counters, .. } = self;
         let nic = nic.transmit(now)?;
-        Some(StackTx { nic, loopq, loop_free: Some(loop_free), scratch, local, assist, counters, now })
+        Some(StackTx { nic, loopq, loop_free: Some(loop_free), scratch, local, assist, keeper, counters, now })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -1,10 +1,10 @@
 //! The driver thread: the only code that polls smoltcp and touches the NIC.
 //!
 //! Each iteration: acknowledge the doorbell, poll the interface under the
-//! core lock, do listener and orphan upkeep, compute the next deadline
-//! (smoltcp's and the NIC's), then sleep in `poll(2)` on the doorbell and the
-//! NIC's descriptor until that deadline. It never spins: with nothing to do
-//! and no timers, it sleeps until woken.
+//! core lock, do listener, orphan and FIN-keeper upkeep, compute the next
+//! deadline (smoltcp's, the device's and the NIC's), then sleep in `poll(2)`
+//! on the doorbell and the NIC's descriptor until that deadline. It never
+//! spins: with nothing to do and no timers, it sleeps until woken.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,7 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             core.iface.poll(now, &mut device, &mut core.sockets);
             core.maintain_listeners(&mut device.guard);
             core.reap_orphans(&mut device.guard);
+            core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();
             let smol = core.iface.poll_at(now, &core.sockets);
             [smol, device.poll_at()].into_iter().flatten().min()

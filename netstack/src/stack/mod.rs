@@ -6,7 +6,7 @@
 //!                                                                │
 //!  driver thread: loop { poll smoltcp under lock; upkeep; sleep on doorbell/NIC fd/deadline }
 //!                       │
-//!                 StackDevice (loopback, ingress checks, SYN guard) ── NIC
+//!                 StackDevice (loopback, ingress checks, SYN guard, recovery assist, FIN keeper) ── NIC
 //! ```
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,9 +24,11 @@ mod config;
 pub(crate) mod core;
 mod device;
 mod driver;
+mod fin_keeper;
 pub(crate) mod ingress;
 mod ports;
 mod recovery;
+mod segment;
 
 pub use config::{Cidr, CidrParseError, Route, StackConfig};
 pub use ports::PortError;
@@ -88,6 +90,21 @@ impl Drop for Owner {
             let _ = thread.join();
         }
     }
+}
+
+/// One TCP socket as [`Stack::tcp_socket_info`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSocketInfo {
+    /// Local endpoint (none for a listener bound to any address).
+    pub local: Option<std::net::SocketAddr>,
+    /// Remote endpoint, once connected.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The RFC 793 state name, e.g. `ESTABLISHED`.
+    pub state: String,
+    /// Bytes waiting to be sent or acknowledged.
+    pub send_queue: usize,
+    /// Bytes received but not yet read.
+    pub recv_queue: usize,
 }
 
 /// A running userspace TCP/IP stack. Cheap to clone; every socket keeps its
@@ -186,6 +203,29 @@ impl Stack {
     /// sockets, lingering closes).
     pub fn socket_count(&self) -> usize {
         self.shared().lock().sockets.iter().count()
+    }
+
+    /// The static routes the stack was configured with.
+    pub fn routes(&self) -> Vec<Route> {
+        self.shared().lock().config.routes.clone()
+    }
+
+    /// Every TCP socket's endpoints, state and queue lengths.
+    pub fn tcp_socket_info(&self) -> Vec<TcpSocketInfo> {
+        let core = self.shared().lock();
+        core.sockets
+            .iter()
+            .filter_map(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => Some(TcpSocketInfo {
+                    local: t.local_endpoint().map(|e| std::net::SocketAddr::new(e.addr.into(), e.port)),
+                    remote: t.remote_endpoint().map(|e| std::net::SocketAddr::new(e.addr.into(), e.port)),
+                    state: t.state().to_string(),
+                    send_queue: t.send_queue(),
+                    recv_queue: t.recv_queue(),
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// One line per TCP socket: endpoints, state and queue lengths; for
