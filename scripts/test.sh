@@ -12,9 +12,10 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
-# System packages later issues' tests use (real peers: curl, socat, openssl,
-# iperf3, python3 ...) are installed here, by name, when we are root.
-APT_PACKAGES=()
+# Real peers the interop tests run against (curl, socat, iproute2 for the
+# namespaces), installed by name when we are root. python3 is on every
+# fresh machine.
+APT_PACKAGES=(curl socat iproute2)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     step "apt-get install ${APT_PACKAGES[*]}"
     missing=()

@@ -3,6 +3,8 @@
 //! * `plebnet demo` — the main job: stacks, traffic, a summary with hashes.
 //! * `plebnet bench` — every figure the project tracks, as ratios against
 //!   baselines measured in the same run.
+//! * `plebnet node` — run a node from a TOML configuration; `plebnet ctl`
+//!   asks a running node for its stats.
 
 use std::process::ExitCode;
 
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod node_cmd;
 mod table;
 
 /// plebnet: a userspace TCP/IP transport for overlays and relays.
@@ -26,6 +29,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure every tracked figure against its baseline.
     Bench(bench::BenchArgs),
+    /// Run a node (interfaces, services, port forwards) from a TOML file
+    /// until SIGINT or SIGTERM.
+    Node(node_cmd::NodeArgs),
+    /// Ask a running node for its state through its control socket.
+    Ctl(node_cmd::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Node(args) => node_cmd::run_node(&args),
+        Command::Ctl(args) => node_cmd::run_ctl(&args),
     };
     match result {
         Ok(code) => code,

@@ -84,6 +84,9 @@ crate::counters! {
         rx_dropped_checksum,
         /// Arriving packets with a loopback source or destination.
         rx_dropped_martian,
+        /// Arriving Ethernet frames of a type the stack does not speak
+        /// (neither IPv4, IPv6 nor ARP), or too short for a header.
+        rx_dropped_link,
         /// Retransmitted SYNs for a connection that already exists.
         syn_dropped_duplicate,
         /// SYNs to a listener whose backlog was full.

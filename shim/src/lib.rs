@@ -12,6 +12,8 @@
 //! library for unmodified programs will live beside this crate (`shim/`).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod net;
+pub mod node;
 
 pub use plebnet_netstack as netstack;

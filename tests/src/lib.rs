@@ -2,6 +2,8 @@
 //! [`NetStack`] and run on the kernel's stack and on plebnet stacks.
 #![allow(missing_docs)]
 
+pub mod http;
+pub mod netns;
 pub mod suite;
 
 use std::io::{Read, Write};

@@ -3,14 +3,11 @@
 //! sockets) over a MemLink, divided by a raw smoltcp pair polled directly in
 //! one loop with the same buffers and MTU.
 
-use std::io::{Read, Write};
-use std::thread;
-use std::time::Instant;
-
-use plebnet::net::{Stack, StackConfig, TcpListener, TcpStream};
+use plebnet::net::{Stack, StackConfig};
 use plebnet::netstack::nic::{MemLink, MemLinkConfig};
 use serde_json::json;
 
+use super::goodput::tcp_goodput;
 use super::{Better, Effort, Figure, Stats, raw_smoltcp};
 
 /// Socket buffers used by both sides of the comparison.
@@ -29,36 +26,7 @@ pub fn plebnet_goodput(bytes: usize) -> Result<f64, Box<dyn std::error::Error>> 
     };
     let a = Stack::new(config("10.88.0.1/24"), na)?;
     let b = Stack::new(config("10.88.0.2/24"), nb)?;
-    let listener = TcpListener::bind(&a, "10.88.0.1:5201".parse()?)?;
-    let client = TcpStream::connect(&b, "10.88.0.1:5201".parse()?)?;
-    let (mut server, _) = listener.accept()?;
-    let started = Instant::now();
-    let writer = thread::spawn(move || -> std::io::Result<()> {
-        let chunk = vec![0x5au8; 64 * 1024];
-        let mut client = client;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            client.write_all(&chunk[..n])?;
-            left -= n;
-        }
-        client.shutdown(std::net::Shutdown::Write)
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut got = 0;
-    loop {
-        let n = server.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    writer.join().map_err(|_| "writer panicked")??;
-    if got != bytes {
-        return Err(format!("plebnet moved {got} of {bytes} bytes").into());
-    }
-    Ok(bytes as f64 * 8.0 / secs)
+    Ok(tcp_goodput(&a, &b, "10.88.0.1:5201".parse()?, bytes)?)
 }
 
 /// The figure: runs both sides `effort.runs` times, interleaved.
@@ -89,6 +57,6 @@ pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Figure, Box<dyn std::error::
     })
 }
 
-fn gbit(s: Stats) -> serde_json::Value {
+pub fn gbit(s: Stats) -> serde_json::Value {
     json!({ "median": s.median / 1e9, "min": s.min / 1e9, "max": s.max / 1e9, "runs": s.runs })
 }

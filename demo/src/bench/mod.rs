@@ -13,8 +13,10 @@ use serde::Serialize;
 
 use crate::table;
 
+mod goodput;
 mod memlink;
 mod raw_smoltcp;
+mod udp;
 
 /// Options of `plebnet bench`.
 #[derive(Args, Debug)]
@@ -109,19 +111,23 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let effort = if args.quick { Effort { runs: 3, bytes: 64 << 20 } } else { Effort { runs: 5, bytes: 256 << 20 } };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
-    if args.skip_measured {
-        figures.push(Figure {
-            name: "memlink_tcp_vs_raw_smoltcp",
-            value: None,
-            unit: "ratio",
-            goal: 0.9,
-            better: Better::Higher,
-            status: "skipped",
-            detail: serde_json::json!({ "reason": "--skip-measured" }),
-        });
-    } else if wanted("memlink_tcp_vs_raw_smoltcp") {
-        eprintln!("measuring memlink_tcp_vs_raw_smoltcp ({} runs of {} MiB)...", effort.runs, effort.bytes >> 20);
-        figures.push(memlink::tcp_vs_raw_smoltcp(effort)?);
+    type Measure = fn(Effort) -> Result<Figure, Box<dyn std::error::Error>>;
+    let measured: [(&'static str, &'static str, f64, Better, Measure); 3] = [
+        ("memlink_tcp_vs_raw_smoltcp", "ratio", 0.9, Better::Higher, memlink::tcp_vs_raw_smoltcp),
+        ("udp_mtu1400_tcp_vs_raw_udp", "ratio", 0.8, Better::Higher, udp::mtu1400_tcp_vs_raw_udp),
+        ("udp_jumbo_tcp_vs_kernel_tcp", "ratio", 0.5, Better::Higher, udp::jumbo_tcp_vs_kernel_tcp),
+    ];
+    for (name, unit, goal, better, measure) in measured {
+        if !wanted(name) {
+            continue;
+        }
+        if args.skip_measured {
+            let detail = serde_json::json!({ "reason": "--skip-measured" });
+            figures.push(Figure { name, value: None, unit, goal, better, status: "skipped", detail });
+        } else {
+            eprintln!("measuring {name} ({} runs of {} MiB)...", effort.runs, effort.bytes >> 20);
+            figures.push(measure(effort)?);
+        }
     }
     for f in not_yet_built() {
         if wanted(f.name) {
@@ -141,9 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 fn not_yet_built() -> Vec<Figure> {
     use Better::*;
     vec![
-        Figure::not_built("tap_tcp_vs_raw_smoltcp", "ratio", 1.0, Higher, "the tap NIC"),
-        Figure::not_built("udp_mtu1400_tcp_vs_raw_udp", "ratio", 0.8, Higher, "the UDP NIC"),
-        Figure::not_built("udp_jumbo_tcp_vs_kernel_tcp", "ratio", 0.5, Higher, "the UDP NIC"),
+        Figure::not_built("tap_tcp_vs_raw_smoltcp", "ratio", 1.0, Higher, "the tap benchmark (raw smoltcp over tap)"),
         Figure::not_built("tls_cells_vs_kernel_tls", "ratio", 0.8, Higher, "the TLS cell stream"),
         Figure::not_built("multipath_aggregate_vs_single", "ratio", 1.8, Higher, "the multipath tunnel"),
         Figure::not_built("multipath_failover_stall_s", "s", 1.0, Lower, "the multipath tunnel"),

@@ -148,6 +148,10 @@ impl<D: Nic> Nic for Impair<D> {
         self.inner.readiness_fd()
     }
 
+    fn ethernet_address(&self) -> Option<[u8; 6]> {
+        self.inner.ethernet_address()
+    }
+
     fn wants_writable(&self) -> bool {
         self.inner.wants_writable()
     }

@@ -16,15 +16,19 @@ use smoltcp::time::Instant;
 use crate::stats::CounterSource;
 use crate::wake::DriverWaker;
 
+mod capture;
 mod impair;
 mod impair_pipe;
 mod memlink;
+mod tuntap;
 mod udp;
 mod udp_peers;
 
+pub use capture::{Capture, CaptureCounters, CaptureRx, CaptureTx};
 pub use impair::{Impair, ImpairConfig, ImpairCounters};
 pub use impair_pipe::ImpairPipe;
 pub use memlink::{MemLink, MemLinkConfig, MemLinkCounters, MemNic};
+pub use tuntap::{TunTapConfig, TunTapCounters, TunTapError, TunTapKind, TunTapNic, TunTapRx, TunTapTx};
 pub use udp::{MAX_MTU, MIN_MTU, UdpNic, UdpNicConfig, UdpNicCounters, UdpNicError, UdpRx, UdpTx};
 pub use udp_peers::{PeerTableError, UdpPeer};
 
@@ -47,6 +51,11 @@ pub trait Nic: Device + Send + 'static {
     /// A descriptor that is readable when packets are waiting, for NICs
     /// backed by the kernel.
     fn readiness_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// The NIC's Ethernet (MAC) address, for NICs whose medium is Ethernet.
+    fn ethernet_address(&self) -> Option<[u8; 6]> {
         None
     }
 

@@ -24,6 +24,7 @@ use smoltcp::wire::IpAddress;
 
 use super::fin_keeper::FinKeeper;
 use super::ingress::{self, FourTuple, Refusal};
+use super::link::{ETHERNET_HEADER, Link, Payload};
 use super::recovery::{COPIES, Ingress, RecoveryAssist};
 use crate::nic::Nic;
 use crate::stats::StackCounters;
@@ -83,10 +84,19 @@ pub(crate) struct StackDevice<N: Nic> {
     scratch: Vec<u8>,
     local: Vec<IpAddress>,
     counters: Arc<StackCounters>,
+    /// Bare IP or Ethernet frames.
+    link: Link,
+    /// Ethernet: the header of the last frame sent to each IP destination,
+    /// for packets the device makes itself (FIN resends).
+    eth_headers: HashMap<IpAddress, [u8; ETHERNET_HEADER]>,
 }
 
 impl<N: Nic> StackDevice<N> {
     pub(crate) fn new(nic: N, local: Vec<IpAddress>, counters: Arc<StackCounters>, assist: bool) -> Self {
+        let link = Link::of(nic.capabilities().medium);
+        // The assist rewrites and injects bare IP packets; over Ethernet it
+        // stays off (tap peers are kernels with their own recovery).
+        let assist = assist && link == Link::Ip;
         Self {
             nic,
             guard: SynGuard::default(),
@@ -98,6 +108,8 @@ impl<N: Nic> StackDevice<N> {
             scratch: Vec::new(),
             local,
             counters,
+            link,
+            eth_headers: HashMap::new(),
         }
     }
 
@@ -124,6 +136,12 @@ impl<N: Nic> StackDevice<N> {
             while let Some(token) = self.nic.transmit(now) {
                 if !keeper.poll_transmit(now, &mut self.scratch) {
                     break;
+                }
+                if self.link == Link::Ethernet {
+                    // Frame the FIN like the last packet to that address.
+                    let header = ingress::destination(&self.scratch).and_then(|d| self.eth_headers.get(&d));
+                    let Some(header) = header else { continue };
+                    self.scratch.splice(0..0, header.iter().copied());
                 }
                 self.counters.fin_resent.inc();
                 send_raw(token, &self.scratch, &self.counters);
@@ -175,6 +193,7 @@ pub(crate) enum StackRx<'a, R> {
         keeper: &'a RefCell<FinKeeper>,
         inject: &'a mut VecDeque<Vec<u8>>,
         counters: &'a StackCounters,
+        link: Link,
         now: Instant,
     },
     Loop {
@@ -182,15 +201,25 @@ pub(crate) enum StackRx<'a, R> {
         free: &'a mut Vec<Vec<u8>>,
         guard: &'a mut SynGuard,
         counters: &'a StackCounters,
+        link: Link,
     },
 }
 
 impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
         match self {
-            StackRx::Nic { token, guard, assist, keeper, inject, counters, now } => token.consume(|packet| {
+            StackRx::Nic { token, guard, assist, keeper, inject, counters, link, now } => token.consume(|frame| {
                 counters.rx_packets.inc();
-                counters.rx_bytes.add(packet.len() as u64);
+                counters.rx_bytes.add(frame.len() as u64);
+                let packet = match link.payload(frame) {
+                    Payload::Ip(off) => &frame[off..],
+                    // smoltcp checks ARP itself.
+                    Payload::Arp => return f(frame),
+                    Payload::Unsupported => {
+                        counters.rx_dropped_link.inc();
+                        return f(&[]);
+                    }
+                };
                 match ingress::inspect(packet, false) {
                     Ok(acc) if acc.syn.is_none_or(|t| guard.admit(t, counters)) => {
                         keeper.borrow_mut().on_ingress(packet);
@@ -198,7 +227,7 @@ impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
                         // assist) while handling the packet.
                         let assisted = assist.borrow_mut().on_ingress(now, packet);
                         match assisted {
-                            Ingress::Pass => f(packet),
+                            Ingress::Pass => f(frame),
                             Ingress::AcksFirst(ack) => {
                                 // The pure ACKs go first, then the real segment.
                                 inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
@@ -223,10 +252,14 @@ impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
                     }
                 }
             }),
-            StackRx::Loop { packet, free, guard, counters } => {
-                let admitted = match ingress::inspect(&packet, true) {
-                    Ok(acc) => acc.syn.is_none_or(|t| guard.admit(t, counters)),
-                    Err(_) => false,
+            StackRx::Loop { packet, free, guard, counters, link } => {
+                let admitted = match link.payload(&packet) {
+                    Payload::Ip(off) => match ingress::inspect(&packet[off..], true) {
+                        Ok(acc) => acc.syn.is_none_or(|t| guard.admit(t, counters)),
+                        Err(_) => false,
+                    },
+                    Payload::Arp => true,
+                    Payload::Unsupported => false,
                 };
                 let r = if admitted { f(&packet) } else { f(&[]) };
                 free.push(packet);
@@ -248,6 +281,8 @@ pub(crate) struct StackTx<'a, T> {
     assist: &'a RefCell<RecoveryAssist>,
     keeper: &'a RefCell<FinKeeper>,
     counters: &'a StackCounters,
+    link: Link,
+    eth_headers: &'a mut HashMap<IpAddress, [u8; ETHERNET_HEADER]>,
     now: Instant,
 }
 
@@ -258,19 +293,28 @@ impl<T: phy::TxToken> phy::TxToken for StackTx<'_, T> {
         self.scratch.clear();
         self.scratch.resize(len, 0);
         let r = f(self.scratch);
-        let packet = &mut self.scratch[..];
-        if ingress::destination(packet).is_some_and(|dst| is_local(self.local, dst)) {
+        let frame = &mut self.scratch[..];
+        if self.link.loop_target(frame).is_some_and(|dst| is_local(self.local, dst)) {
             let mut buf = self.loop_free.and_then(|f| f.pop()).unwrap_or_default();
             buf.clear();
-            buf.extend_from_slice(packet);
+            buf.extend_from_slice(frame);
             self.loopq.push_back(buf);
             self.counters.loopback_packets.inc();
         } else {
             self.counters.tx_packets.inc();
             self.counters.tx_bytes.add(len as u64);
-            self.assist.borrow_mut().on_egress(self.now, packet);
-            self.keeper.borrow_mut().on_egress(self.now, packet, |key| self.assist.borrow().srtt(key));
-            self.nic.consume(len, |b| b.copy_from_slice(packet));
+            if let Payload::Ip(off) = self.link.payload(frame) {
+                let (header, packet) = frame.split_at_mut(off);
+                if let (Ok(header), Some(dst)) =
+                    (<[u8; ETHERNET_HEADER]>::try_from(&*header), ingress::destination(packet))
+                    && self.eth_headers.get(&dst) != Some(&header)
+                {
+                    self.eth_headers.insert(dst, header);
+                }
+                self.assist.borrow_mut().on_egress(self.now, packet);
+                self.keeper.borrow_mut().on_egress(self.now, packet, |key| self.assist.borrow().srtt(key));
+            }
+            self.nic.consume(len, |b| b.copy_from_slice(frame));
         }
         r
     }
@@ -281,23 +325,29 @@ impl<N: Nic> Device for StackDevice<N> {
     type TxToken<'a> = StackTx<'a, N::TxToken<'a>>;
 
     fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let Self { nic, guard, inject, assist, keeper, loopq, loop_free, scratch, local, counters } = self;
+        let Self { nic, guard, inject, assist, keeper, loopq, loop_free, scratch, local, counters, link, eth_headers } =
+            self;
+        let link = *link;
         if let Some(packet) = inject.pop_front().or_else(|| loopq.pop_front()) {
-            let nic_tx = nic.transmit(now)?;
-            let rx = StackRx::Loop { packet, free: loop_free, guard, counters };
-            let tx = StackTx { nic: nic_tx, loopq, loop_free: None, scratch, local, assist, keeper, counters, now };
+            let nic = nic.transmit(now)?;
+            let rx = StackRx::Loop { packet, free: loop_free, guard, counters, link };
+            let loop_free = None;
+            let tx =
+                StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, now };
             return Some((rx, tx));
         }
-        let (rx, tx) = nic.receive(now)?;
-        let rx = StackRx::Nic { token: rx, guard, assist, keeper, inject, counters, now };
-        let tx = StackTx { nic: tx, loopq, loop_free: Some(loop_free), scratch, local, assist, keeper, counters, now };
+        let (rx, nic) = nic.receive(now)?;
+        let rx = StackRx::Nic { token: rx, guard, assist, keeper, inject, counters, link, now };
+        let loop_free = Some(loop_free);
+        let tx = StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, now };
         Some((rx, tx))
     }
 
     fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
-        let Self { nic, loopq, loop_free, scratch, local, assist, keeper, counters, .. } = self;
+        let Self { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, .. } = self;
         let nic = nic.transmit(now)?;
-        Some(StackTx { nic, loopq, loop_free: Some(loop_free), scratch, local, assist, keeper, counters, now })
+        let (link, loop_free) = (*link, Some(loop_free));
+        Some(StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, now })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

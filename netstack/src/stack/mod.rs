@@ -26,6 +26,7 @@ mod device;
 mod driver;
 mod fin_keeper;
 pub(crate) mod ingress;
+mod link;
 mod ports;
 mod recovery;
 mod segment;
@@ -132,8 +133,12 @@ impl Stack {
         nic.attach(waker.clone());
 
         let local: Vec<IpAddress> = config.addresses.iter().map(|c| c.addr.into()).collect();
+        let hardware = match nic.ethernet_address() {
+            Some(mac) => HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress(mac)),
+            None => HardwareAddress::Ip,
+        };
         let mut device = device::StackDevice::new(nic, local, counters.clone(), config.tcp_recovery_assist);
-        let mut iface_config = Config::new(HardwareAddress::Ip);
+        let mut iface_config = Config::new(hardware);
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut device, driver::smol_now(epoch));
         iface.update_ip_addrs(|addrs| {

@@ -9,6 +9,7 @@
 
 mod eventfd;
 mod poll;
+pub(crate) mod tun;
 pub(crate) mod udp;
 
 pub(crate) use eventfd::EventFd;
