@@ -10,7 +10,7 @@
 //!        │  polled only by the driver thread (stack::driver)
 //!   StackDevice: loopback, ingress validation + drop counters, SYN guard
 //!        │
-//!   NIC (nic): MemLink │ (UdpNic, TapNic, TunNic: coming)   middlewares: Impair
+//!   NIC (nic): MemLink │ UdpNic │ TunTapNic        middlewares: Impair, Capture
 //! ```
 //!
 //! * One driver thread owns all NIC I/O and timers; it sleeps on the NIC's
