@@ -28,7 +28,7 @@ pub fn tcp_goodput<S: NetStack>(server: &S, client: &S, addr: SocketAddr, bytes:
         }
         client.shutdown(std::net::Shutdown::Write)
     });
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
     loop {
         let n = served.read(&mut buf).map_err(|e| e.to_string())?;
