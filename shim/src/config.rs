@@ -117,7 +117,8 @@ pub struct InterfaceConfig {
     pub batch: Option<usize>,
     /// udp: kernel socket buffer in bytes (default 4 MiB).
     pub socket_buffer: Option<usize>,
-    /// udp: use GSO/GRO when the kernel has them (default true).
+    /// Offload with the kernel (default true): UDP GSO/GRO for udp,
+    /// checksum and TCP segmentation offload for tap/tun.
     pub offload: Option<bool>,
     /// tap/tun: the device name (default: the kernel picks).
     pub device: Option<Spanned<String>>,

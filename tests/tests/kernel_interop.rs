@@ -49,12 +49,17 @@ fn kernel_curl_over_tap_both_ways_and_plebnet_client_against_python() {
     let mut ns = Netns::create("tap");
     let nic = ns.enter(|| TunTapNic::open(TunTapConfig::tap("pltap0")).expect("open tap"));
     ns.exec(&["ip", "addr", "add", "10.61.0.1/24", "dev", "pltap0"]);
+    ns.exec(&["ip", "-6", "addr", "add", "fd61::1/64", "dev", "pltap0", "nodad"]);
     ns.exec(&["ip", "link", "set", "pltap0", "up"]);
-    let stack = Stack::new(StackConfig::with_address("10.61.0.2/24").named("tap"), nic).unwrap();
+    let offload = nic.offload();
+    let config = StackConfig::with_address("10.61.0.2/24").address("fd61::2/64").named("tap");
+    let stack = Stack::new(config, nic).unwrap();
     let digest = serve_blob(&stack, "10.61.0.2:80".parse().unwrap());
+    assert_eq!(serve_blob(&stack, "[fd61::2]:80".parse().unwrap()), digest);
 
-    // Kernel downloads from plebnet.
+    // Kernel downloads from plebnet, over IPv4 and IPv6 (ARP and NDP).
     assert_eq!(curl_download(&ns, "http://10.61.0.2/blob"), hex(&digest), "download over tap differs");
+    assert_eq!(curl_download(&ns, "-g http://[fd61::2]/blob"), hex(&digest), "IPv6 download over tap differs");
 
     // Kernel uploads to plebnet, which answers the hash of what arrived.
     let upload = pattern(0x0b10, SIZE);
@@ -67,6 +72,14 @@ fn kernel_curl_over_tap_both_ways_and_plebnet_client_against_python() {
     let _ = std::fs::remove_file(&file);
     assert!(out.status.success(), "curl upload: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex(&sha256(&upload)), "upload over tap differs");
+
+    // With offload the transfers crossed the tap as super-segments.
+    let tap = stack.counters().into_iter().find(|g| g.layer == "tap").unwrap();
+    eprintln!("tap counters (offload {offload}): {:?}", tap.values);
+    if offload {
+        assert!(tap.get("tx_gso_segments").unwrap() > 0, "{tap:?}");
+        assert!(tap.get("rx_packets").unwrap() < (SIZE / 1460) as u64, "received super-segments: {tap:?}");
+    }
 
     // plebnet's client fetches from Python's http.server on the kernel side.
     let dir = std::env::temp_dir().join(format!("plebnet-tap-served-{}", std::process::id()));

@@ -99,9 +99,12 @@ impl Netns {
 
     /// Opens a fresh tap `plbtap0` in the namespace (MTU 1500) with the
     /// kernel's address on it, up. It disappears when the NIC is dropped.
-    pub fn open_tap(&self) -> Result<TunTapNic, String> {
+    /// `offload` is plebnet's checksum/segmentation offload; the raw smoltcp
+    /// baseline runs without it, as smoltcp's own tap device does.
+    pub fn open_tap(&self, offload: bool) -> Result<TunTapNic, String> {
+        let config = TunTapConfig { offload, ..TunTapConfig::tap(TAP) };
         let nic = self
-            .spawn(|| TunTapNic::open(TunTapConfig::tap(TAP)).map_err(|e| e.to_string()))?
+            .spawn(move || TunTapNic::open(config).map_err(|e| e.to_string()))?
             .join()
             .map_err(|_| "the tap-opening thread panicked")??;
         ip(&["-n", &self.name, "addr", "add", &format!("{KERNEL_ADDR}/24"), "dev", TAP])?;

@@ -23,6 +23,7 @@ mod memlink;
 mod tuntap;
 mod udp;
 mod udp_peers;
+mod vnet;
 
 pub use capture::{Capture, CaptureCounters, CaptureRx, CaptureTx};
 pub use impair::{Impair, ImpairConfig, ImpairCounters};

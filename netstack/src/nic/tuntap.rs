@@ -12,12 +12,15 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
-use super::Nic;
+use super::{Nic, vnet};
 use crate::stats::CounterSource;
 use crate::sys;
 
 /// Ethernet header bytes a tap frame adds to each IP packet.
 const ETHERNET_HEADER: usize = 14;
+/// The IP MTU smoltcp sees with offload: it builds super-segments this big
+/// and the kernel cuts them to the device's real MTU.
+const OFFLOAD_MTU: usize = 65_000;
 
 /// Which kind of kernel device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +43,21 @@ pub struct TunTapConfig {
     /// The tap's own MAC address; `None` picks a random locally
     /// administered one. Ignored for tun.
     pub mac: Option<[u8; 6]>,
+    /// Checksum and TCP segmentation offload with the kernel (virtio-net
+    /// headers): TCP moves in super-segments of up to 64 KiB each way. Falls
+    /// back to plain packets if the kernel refuses.
+    pub offload: bool,
 }
 
 impl TunTapConfig {
     /// A tun device called `name`, MTU 1500.
     pub fn tun(name: &str) -> Self {
-        Self { kind: TunTapKind::Tun, name: name.to_string(), mtu: 1500, mac: None }
+        Self { kind: TunTapKind::Tun, name: name.to_string(), mtu: 1500, mac: None, offload: true }
     }
 
     /// A tap device called `name`, MTU 1500, random MAC.
     pub fn tap(name: &str) -> Self {
-        Self { kind: TunTapKind::Tap, name: name.to_string(), mtu: 1500, mac: None }
+        Self { kind: TunTapKind::Tap, name: name.to_string(), mtu: 1500, mac: None, offload: true }
     }
 }
 
@@ -98,6 +105,10 @@ crate::counters! {
         tx_bytes,
         /// Writes the kernel refused (e.g. the interface is down).
         tx_dropped_error,
+        /// Super-segments written for the kernel to cut (offload).
+        tx_gso_segments,
+        /// Packets whose checksum the kernel left for us to finish.
+        rx_checksums_completed,
     }
 }
 
@@ -109,6 +120,10 @@ pub struct TunTapNic {
     kind: TunTapKind,
     mtu: usize,
     mac: EthernetAddress,
+    /// Packets carry a virtio-net header.
+    vnet: bool,
+    /// The kernel does checksum and segmentation offload.
+    offload: bool,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     counters: Arc<TunTapCounters>,
@@ -118,7 +133,9 @@ impl TunTapNic {
     /// Creates or attaches to the device.
     pub fn open(config: TunTapConfig) -> Result<Self, TunTapError> {
         let tap = config.kind == TunTapKind::Tap;
-        let (fd, name) = sys::tun::open(&config.name, tap).map_err(|source| match source.raw_os_error() {
+        let opened = sys::tun::open(&config.name, tap, config.offload, vnet::HEADER).map_err(|source| match source
+            .raw_os_error()
+        {
             Some(libc::EPERM) | Some(libc::EACCES) => {
                 TunTapError::NotPermitted { kind: config.kind, name: config.name.clone() }
             }
@@ -130,15 +147,22 @@ impl TunTapNic {
             // Locally administered, unicast.
             [0x02, r[0], r[1], r[2], r[3], r[4]]
         });
-        let frame = config.mtu + if tap { ETHERNET_HEADER } else { 0 };
+        let link = if tap { ETHERNET_HEADER } else { 0 };
+        let ip_mtu = if opened.offload { OFFLOAD_MTU.max(config.mtu) } else { config.mtu };
+        let buffer = ip_mtu + link + if opened.vnet { vnet::HEADER } else { 0 };
+        if config.offload && !opened.offload {
+            log::info!("{}: the kernel refused offload; one packet per read and write", opened.name);
+        }
         Ok(Self {
-            fd,
-            name,
+            fd: opened.fd,
+            name: opened.name,
             kind: config.kind,
             mtu: config.mtu,
             mac: EthernetAddress(mac),
-            rx_buf: vec![0; frame],
-            tx_buf: Vec::with_capacity(frame),
+            vnet: opened.vnet,
+            offload: opened.offload,
+            rx_buf: vec![0; buffer],
+            tx_buf: Vec::with_capacity(buffer),
             counters: Arc::default(),
         })
     }
@@ -157,6 +181,15 @@ impl TunTapNic {
     pub fn stats(&self) -> Arc<TunTapCounters> {
         self.counters.clone()
     }
+
+    /// True if the kernel does checksum and segmentation offload for us.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    fn link_len(&self) -> usize {
+        if self.kind == TunTapKind::Tap { ETHERNET_HEADER } else { 0 }
+    }
 }
 
 /// A packet read from the device.
@@ -169,6 +202,11 @@ pub struct TunTapTx<'a> {
     fd: RawFd,
     buf: &'a mut Vec<u8>,
     counters: &'a TunTapCounters,
+    /// Room for a virtio-net header in front of the packet (0 or 12).
+    vnet: usize,
+    /// Cut super-segments for a device of this MTU (offload), or 0.
+    gso_mtu: usize,
+    link: usize,
 }
 
 impl phy::RxToken for TunTapRx<'_> {
@@ -180,8 +218,15 @@ impl phy::RxToken for TunTapRx<'_> {
 impl phy::TxToken for TunTapTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.buf.clear();
-        self.buf.resize(len, 0);
-        let r = f(self.buf);
+        self.buf.resize(self.vnet + len, 0);
+        let r = f(&mut self.buf[self.vnet..]);
+        if self.gso_mtu > 0 {
+            let header = vnet::for_transmit(&self.buf[self.vnet..], self.link, self.gso_mtu);
+            if header[1] != 0 {
+                self.counters.tx_gso_segments.inc();
+            }
+            self.buf[..vnet::HEADER].copy_from_slice(&header);
+        }
         match sys::tun::write_packet(self.fd, self.buf) {
             Ok(()) => {
                 self.counters.tx_packets.inc();
@@ -193,6 +238,19 @@ impl phy::TxToken for TunTapTx<'_> {
             }
         }
         r
+    }
+}
+
+impl TunTapNic {
+    fn tx_token(&mut self) -> TunTapTx<'_> {
+        TunTapTx {
+            fd: self.fd.as_raw_fd(),
+            vnet: if self.vnet { vnet::HEADER } else { 0 },
+            gso_mtu: if self.offload { self.mtu } else { 0 },
+            link: self.link_len(),
+            buf: &mut self.tx_buf,
+            counters: &self.counters,
+        }
     }
 }
 
@@ -211,29 +269,48 @@ impl Device for TunTapNic {
                 return None;
             }
         };
+        let start = if self.vnet { vnet::HEADER } else { 0 };
+        if n < start {
+            self.counters.rx_errors.inc();
+            return None;
+        }
+        if self.vnet {
+            let header = vnet::parse(&self.rx_buf[..vnet::HEADER]);
+            let link = self.link_len();
+            let packet = &mut self.rx_buf[start..n];
+            if let Some((csum_start, csum_offset)) = header.csum
+                && vnet::complete_checksum(packet, csum_start, csum_offset)
+            {
+                self.counters.rx_checksums_completed.inc();
+            }
+            if self.offload {
+                // Let smoltcp send super-segments: the kernel cuts them.
+                vnet::raise_syn_mss(packet, link, (OFFLOAD_MTU - 60) as u16);
+            }
+        }
         self.counters.rx_packets.inc();
-        self.counters.rx_bytes.add(n as u64);
-        let rx = TunTapRx { packet: &self.rx_buf[..n] };
-        let tx = TunTapTx { fd, buf: &mut self.tx_buf, counters: &self.counters };
+        self.counters.rx_bytes.add((n - start) as u64);
+        let tx = TunTapTx {
+            fd,
+            vnet: if self.vnet { vnet::HEADER } else { 0 },
+            gso_mtu: if self.offload { self.mtu } else { 0 },
+            link: self.link_len(),
+            buf: &mut self.tx_buf,
+            counters: &self.counters,
+        };
+        let rx = TunTapRx { packet: &self.rx_buf[start..n] };
         Some((rx, tx))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        Some(TunTapTx { fd: self.fd.as_raw_fd(), buf: &mut self.tx_buf, counters: &self.counters })
+        Some(self.tx_token())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
-        match self.kind {
-            TunTapKind::Tun => {
-                caps.medium = Medium::Ip;
-                caps.max_transmission_unit = self.mtu;
-            }
-            TunTapKind::Tap => {
-                caps.medium = Medium::Ethernet;
-                caps.max_transmission_unit = self.mtu + ETHERNET_HEADER;
-            }
-        }
+        let ip_mtu = if self.offload { OFFLOAD_MTU.max(self.mtu) } else { self.mtu };
+        caps.medium = if self.kind == TunTapKind::Tap { Medium::Ethernet } else { Medium::Ip };
+        caps.max_transmission_unit = ip_mtu + self.link_len();
         caps
     }
 }

@@ -319,6 +319,7 @@ fn build_interface(
                 name: iface.device.as_ref().map(|d| d.get_ref().clone()).unwrap_or_default(),
                 mtu,
                 mac: iface.mac.as_ref().map(|m| m.get_ref().0),
+                offload: iface.offload.unwrap_or(true),
             })
             .map_err(|e| e.to_string())?;
             let underlay = nic.name().to_string();
