@@ -13,9 +13,10 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 
 # Real peers the interop tests run against (curl, socat, iproute2 for the
-# namespaces), installed by name when we are root. python3 is on every
+# namespaces, tcpdump to read our pcap files), installed by name when we
+# are root. python3 is on every
 # fresh machine.
-APT_PACKAGES=(curl socat iproute2)
+APT_PACKAGES=(curl socat iproute2 tcpdump)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     step "apt-get install ${APT_PACKAGES[*]}"
     missing=()
