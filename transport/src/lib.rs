@@ -15,8 +15,13 @@
 //!
 //! Status: the Tor-style cell codec exists ([`cell`]: fixed- and
 //! variable-length cells, an incremental decoder and an encoder into caller
-//! buffers). The TLS/DTLS cell streams (the rest of issue 4) and multipath
-//! tunnels (issue 5) are still to come; the README's feature table tracks them.
+//! buffers) and so do TLS cell streams ([`tls`]: cells over rustls over any
+//! `TcpStreamApi` socket, split into a reader and a writer for two threads,
+//! with certificate pinning; a blocking driver around rustls's sans-IO
+//! connection, the one place here that touches a socket). The DTLS link
+//! (the rest of issue 4) and multipath tunnels (issue 5) are still to come;
+//! the README's feature table tracks them.
 #![forbid(unsafe_code)]
 
 pub mod cell;
+pub mod tls;

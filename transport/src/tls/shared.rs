@@ -1,0 +1,164 @@
+//! The state both halves share: the rustls connection, the socket's write side, and the flags that let the
+//! reader hand TLS output to whichever thread can write it.
+//!
+//! Two locks, never held across a blocking socket *read*:
+//!
+//! * `conn` guards the rustls connection. It is held only to feed bytes in, take plaintext out, encrypt, or
+//!   take queued records; never during socket I/O.
+//! * `sock` guards the socket's write side plus the records taken from rustls but not yet written. Taking
+//!   records (`write_tls`) and writing them happen under it, so records reach the socket in the order rustls
+//!   made them. Lock order: `sock`, then `conn`.
+//!
+//! A read can make TLS output (a KeyUpdate answer, an alert). The reader sets `pending` and *tries* to lock
+//! `sock`: if it gets it, it writes in non-blocking mode and leaves what does not fit in `out`; if the writer
+//! holds it, the writer sees `pending` after releasing and writes again. So the reader never waits for the
+//! writer, and a writer stuck in a socket write (the peer is not reading yet) never stops our reader.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
+
+use rustls::Connection;
+
+use super::TlsStreamError;
+
+/// The socket's write side and the records taken from rustls but not yet written.
+pub(crate) struct SockWriter<S> {
+    pub(crate) stream: S,
+    /// Records taken from rustls; `out[pos..]` is not yet on the socket.
+    out: Vec<u8>,
+    pos: usize,
+}
+
+/// Shared by [`CellReader`](super::CellReader) and [`CellWriter`](super::CellWriter).
+pub(crate) struct Shared<S> {
+    conn: Mutex<Connection>,
+    sock: Mutex<SockWriter<S>>,
+    /// Rustls has output that no thread has yet promised to write.
+    pending: AtomicBool,
+    /// Set once, by the first fatal error; every later write fails with it.
+    dead: OnceLock<TlsStreamError>,
+}
+
+/// Whether a drain wrote everything or stopped because the socket would block.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Drained {
+    All,
+    WouldBlock,
+}
+
+impl<S: Write> Shared<S> {
+    pub(crate) fn new(conn: Connection, write_half: S) -> Self {
+        Shared {
+            conn: Mutex::new(conn),
+            sock: Mutex::new(SockWriter { stream: write_half, out: Vec::new(), pos: 0 }),
+            pending: AtomicBool::new(false),
+            dead: OnceLock::new(),
+        }
+    }
+
+    /// Locks the rustls connection.
+    pub(crate) fn conn(&self) -> Result<MutexGuard<'_, Connection>, TlsStreamError> {
+        self.conn.lock().map_err(|_| TlsStreamError::Poisoned)
+    }
+
+    /// Locks the socket's write side (blocking: only the writer and `close` call this).
+    pub(crate) fn sock(&self) -> Result<MutexGuard<'_, SockWriter<S>>, TlsStreamError> {
+        self.sock.lock().map_err(|_| TlsStreamError::Poisoned)
+    }
+
+    /// Fails with the stored fatal error, if any.
+    pub(crate) fn check_alive(&self) -> Result<(), TlsStreamError> {
+        match self.dead.get() {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `err` as the stream's fatal error (the first one wins) and returns it.
+    pub(crate) fn kill(&self, err: TlsStreamError) -> TlsStreamError {
+        let _ = self.dead.set(err.clone());
+        err
+    }
+
+    /// Records a socket write error as fatal and returns it as an `io::Error` of the same kind.
+    fn kill_io(&self, err: io::Error) -> io::Error {
+        self.kill(TlsStreamError::Socket { kind: err.kind(), message: err.to_string() });
+        err
+    }
+
+    /// Notes that rustls has output to write.
+    pub(crate) fn set_pending(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Writer side: writes, blocking, every record rustls has queued, then repeats while the reader flagged
+    /// more output during our hold of `sock` (it could not take the lock, so it relies on us).
+    pub(crate) fn flush_blocking(&self) -> io::Result<()> {
+        loop {
+            {
+                let mut sock = self.sock()?;
+                self.pending.store(false, Ordering::SeqCst);
+                self.drain(&mut sock, false)?;
+                sock.stream.flush().map_err(|e| self.kill_io(e))?;
+            }
+            if !self.pending.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reader side: if output is pending and `sock` is free, writes what the socket takes without blocking.
+    /// Never waits: if the writer holds `sock` it will write the output; if the socket is full, `pending`
+    /// stays set for the next writer call or the next reader wake-up.
+    pub(crate) fn flush_from_reader(&self) -> io::Result<()>
+    where
+        S: plebnet::net::TcpStreamApi,
+    {
+        while self.pending.load(Ordering::SeqCst) {
+            let mut sock = match self.sock.try_lock() {
+                Ok(sock) => sock,
+                Err(TryLockError::WouldBlock) => return Ok(()),
+                Err(TryLockError::Poisoned(_)) => return Err(TlsStreamError::Poisoned.into()),
+            };
+            self.pending.store(false, Ordering::SeqCst);
+            // Only the holder of `sock` writes, and the reader is not reading now, so switching the socket
+            // to non-blocking cannot disturb another operation of this stream.
+            sock.stream.set_nonblocking(true)?;
+            let drained = self.drain(&mut sock, true);
+            sock.stream.set_nonblocking(false)?;
+            if drained? == Drained::WouldBlock {
+                self.pending.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `out[pos..]`, then takes and writes rustls's queued records until there are none. With
+    /// `nonblocking`, stops at `WouldBlock` and keeps the rest in `out` for the next drain. The caller holds
+    /// `sock`.
+    pub(crate) fn drain(&self, sock: &mut SockWriter<S>, nonblocking: bool) -> io::Result<Drained> {
+        loop {
+            while sock.pos < sock.out.len() {
+                match sock.stream.write(&sock.out[sock.pos..]) {
+                    Ok(0) => return Err(self.kill_io(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => sock.pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if nonblocking && e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::WouldBlock),
+                    Err(e) => return Err(self.kill_io(e)),
+                }
+            }
+            sock.out.clear();
+            sock.pos = 0;
+            let mut conn = self.conn()?;
+            while conn.wants_write() {
+                conn.write_tls(&mut sock.out)?;
+            }
+            drop(conn);
+            if sock.out.is_empty() {
+                return Ok(Drained::All);
+            }
+        }
+    }
+}
