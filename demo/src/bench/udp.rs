@@ -24,10 +24,10 @@ use super::{Better, Effort, Figure, Stats};
 /// TCP buffers of the stacks in these figures: Linux autotunes its
 /// loopback connections up to `net.ipv4.tcp_rmem`'s maximum (6 MiB by
 /// default, 32 MiB on our bench machine), so plebnet gets 4 MiB.
-const UDP_BUFFER: usize = 4 << 20;
+pub(super) const UDP_BUFFER: usize = 4 << 20;
 
 /// Two UdpNics on loopback that are each other's peer (A 10.90.0.1, B 10.90.0.2).
-fn nic_pair(mtu: usize) -> Result<(UdpNic, UdpNic), Box<dyn std::error::Error>> {
+pub(super) fn nic_pair(mtu: usize) -> Result<(UdpNic, UdpNic), Box<dyn std::error::Error>> {
     let sa = UdpSocket::bind("127.0.0.1:0")?;
     let sb = UdpSocket::bind("127.0.0.1:0")?;
     let (ea, eb) = (sa.local_addr()?, sb.local_addr()?);
