@@ -89,6 +89,8 @@ def main(path):
 
 
 DESCRIPTIONS = {
+    "tls_cells_vs_kernel_tls": "514-byte cells per second over one TLS 1.3 cell stream (rustls) over plebnet TCP "
+    "between two stacks on UdpNics at MTU 65000 on loopback, divided by the same over kernel TCP on loopback.",
     "udp_mtu1400_tcp_vs_raw_udp": "One TCP connection between two stacks over UdpNics on loopback at MTU 1400, "
     "divided by a raw blast of 1400-byte datagrams through the same UdpNic send and receive path "
     "(same recvmmsg/sendmmsg batching and GSO/GRO), no stack. Gbit/s below.",
