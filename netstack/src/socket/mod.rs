@@ -5,6 +5,9 @@
 //! per-direction [`Event`](crate::wake::Event) with smoltcp and sleep on it
 //! outside the lock. Readers and writers wait on different events, so a
 //! blocked reader never delays a writer on a clone of the same stream.
+//!
+//! With the `async` feature, [`TcpStream`] (and `&TcpStream`) also implement `futures_io::AsyncRead` and
+//! `AsyncWrite` through [`poll_on`], the same pattern with a task's waker in place of a sleeping thread.
 
 use std::io;
 use std::sync::Mutex;
@@ -15,6 +18,8 @@ use crate::Stack;
 use crate::stack::core::Core;
 use crate::wake::Event;
 
+#[cfg(feature = "async")]
+mod async_io;
 mod ping;
 mod tcp_listener;
 mod tcp_stream;
@@ -117,6 +122,36 @@ pub(crate) fn block_on<T>(
         }
         if !event.wait(seen, wait.deadline) {
             return Err((wait.on_timeout)());
+        }
+    }
+}
+
+/// The async counterpart of [`block_on`]: one try of `attempt` under the core lock; if it cannot complete,
+/// registers `cx`'s waker on `event` and returns `Pending`.
+///
+/// No wake-up is lost: the sequence number is read under the core lock (where smoltcp fires the socket's
+/// wakers), and [`Event::register_task`] refuses to register once it has moved, so a notification between
+/// the unlock and the registration makes us try again instead of sleeping.
+#[cfg(feature = "async")]
+pub(crate) fn poll_on<T>(
+    stack: &Stack,
+    event: &Event,
+    cx: &mut std::task::Context<'_>,
+    mut attempt: impl FnMut(&mut Core) -> Option<io::Result<T>>,
+) -> std::task::Poll<io::Result<T>> {
+    loop {
+        let seen = {
+            let mut core = stack.shared().lock();
+            let seen = event.seq();
+            if let Some(result) = attempt(&mut core) {
+                drop(core);
+                stack.wake_driver();
+                return std::task::Poll::Ready(result);
+            }
+            seen
+        };
+        if event.register_task(seen, cx.waker()) {
+            return std::task::Poll::Pending;
         }
     }
 }

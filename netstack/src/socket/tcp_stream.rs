@@ -11,7 +11,7 @@ use smoltcp::socket::tcp::{self, RecvError};
 
 use super::{SocketOptions, Wait, block_on};
 use crate::Stack;
-use crate::stack::core::{Orphan, to_std};
+use crate::stack::core::{Core, Orphan, to_std};
 use crate::stack::ingress::FourTuple;
 use crate::wake::SocketSignal;
 
@@ -259,30 +259,35 @@ impl TcpStream {
             return Ok(0);
         }
         let wait = Wait::io(inner.options.nonblocking(), inner.options.read_timeout());
-        block_on(&inner.stack, &inner.signal.rx, wait, |core| {
-            if inner.read_shut.load(Ordering::Acquire) {
-                return Some(Ok(0));
+        block_on(&inner.stack, &inner.signal.rx, wait, |core| self.try_read(core, buf))
+    }
+
+    /// One read attempt under the core lock; `None` (after registering the receive waker with smoltcp) when
+    /// nothing can be read yet. Shared by the blocking and the async paths.
+    pub(super) fn try_read(&self, core: &mut Core, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let inner = &self.inner;
+        if inner.read_shut.load(Ordering::Acquire) {
+            return Some(Ok(0));
+        }
+        let socket = core.tcp(inner.handle);
+        match socket.recv_slice(buf) {
+            Ok(0) => {
+                socket.register_recv_waker(&inner.signal.rx_waker);
+                None
             }
-            let socket = core.tcp(inner.handle);
-            match socket.recv_slice(buf) {
-                Ok(0) => {
+            Ok(n) => Some(Ok(n)),
+            Err(RecvError::Finished) => Some(Ok(0)),
+            Err(RecvError::InvalidState) => match socket.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {
                     socket.register_recv_waker(&inner.signal.rx_waker);
                     None
                 }
-                Ok(n) => Some(Ok(n)),
-                Err(RecvError::Finished) => Some(Ok(0)),
-                Err(RecvError::InvalidState) => match socket.state() {
-                    tcp::State::SynSent | tcp::State::SynReceived => {
-                        socket.register_recv_waker(&inner.signal.rx_waker);
-                        None
-                    }
-                    _ => Some(Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        format!("connection with {} was reset", inner.peer),
-                    ))),
-                },
-            }
-        })
+                _ => Some(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("connection with {} was reset", inner.peer),
+                ))),
+            },
+        }
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
@@ -291,20 +296,31 @@ impl TcpStream {
             return Ok(0);
         }
         let wait = Wait::io(inner.options.nonblocking(), inner.options.write_timeout());
-        block_on(&inner.stack, &inner.signal.tx, wait, |core| {
-            let socket = core.tcp(inner.handle);
-            match socket.send_slice(buf) {
-                Ok(0) => {
-                    socket.register_send_waker(&inner.signal.tx_waker);
-                    None
-                }
-                Ok(n) => Some(Ok(n)),
-                Err(tcp::SendError::InvalidState) => Some(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("cannot write to {}: the connection's sending side is closed", inner.peer),
-                ))),
+        block_on(&inner.stack, &inner.signal.tx, wait, |core| self.try_write(core, buf))
+    }
+
+    /// One write attempt under the core lock; `None` (after registering the send waker with smoltcp) when the
+    /// send buffer is full. Shared by the blocking and the async paths.
+    pub(super) fn try_write(&self, core: &mut Core, buf: &[u8]) -> Option<io::Result<usize>> {
+        let inner = &self.inner;
+        let socket = core.tcp(inner.handle);
+        match socket.send_slice(buf) {
+            Ok(0) => {
+                socket.register_send_waker(&inner.signal.tx_waker);
+                None
             }
-        })
+            Ok(n) => Some(Ok(n)),
+            Err(tcp::SendError::InvalidState) => Some(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("cannot write to {}: the connection's sending side is closed", inner.peer),
+            ))),
+        }
+    }
+
+    /// The stack and the socket's wake-up events, for the async path.
+    #[cfg(feature = "async")]
+    pub(super) fn parts(&self) -> (&Stack, &SocketSignal) {
+        (&self.inner.stack, &self.inner.signal)
     }
 }
 

@@ -20,6 +20,9 @@
 //! free; otherwise the writer, which re-checks a "pending" flag after releasing the lock). The writer never
 //! consumes the reader's wake-up: only the reader reads the socket.
 //!
+//! With the `async` feature, [`TlsCellStream::split_async`] gives `AsyncCellReader`/`AsyncCellWriter`
+//! halves for two async tasks (futures-io traits), built the same way: each half has its own wake-up.
+//!
 //! Peer identity works the relay way: [`client_config_pinned`] accepts exactly one [`Pin`]ned certificate
 //! and still checks the handshake signatures; [`client_config_webpki`] does ordinary CA verification.
 //!
@@ -38,10 +41,13 @@
 //! # let _ = reply; Ok(()) }
 //! ```
 
+#[cfg(feature = "async")]
+mod async_split;
 mod config;
 mod error;
 mod pin;
 mod reader;
+mod recv;
 mod shared;
 mod writer;
 
@@ -52,6 +58,8 @@ use plebnet::net::TcpStreamApi;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
+#[cfg(feature = "async")]
+pub use async_split::{AsyncCellReader, AsyncCellWriter, AsyncTcpStream};
 pub use config::{client_config_pinned, client_config_webpki, provider, self_signed, server_config};
 pub use error::TlsStreamError;
 pub use pin::{Pin, PinMismatch, PinnedServerVerifier};

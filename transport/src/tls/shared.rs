@@ -162,3 +162,89 @@ impl<S: Write> Shared<S> {
         }
     }
 }
+
+/// The async counterparts (feature `async`). `sock` is a std mutex here too, but no task holds it across a
+/// `Pending`: a holder makes one non-blocking pass (`poll_write` until the socket is full) and releases it, so
+/// waiting for it is brief. Records the socket did not take stay in `out`, in order, for the next holder.
+#[cfg(feature = "async")]
+impl<S: Write + futures_io::AsyncWrite + Unpin> Shared<S> {
+    /// Writer side: like [`flush_blocking`](Self::flush_blocking), but returns `Pending` (the task's waker on
+    /// the socket's send event) when the socket is full. Then `pending` is set again, so that the reader also
+    /// retries if the writer is not polled again.
+    pub(crate) fn poll_flush_writer(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            {
+                let mut sock = self.sock()?;
+                self.pending.store(false, Ordering::SeqCst);
+                match self.poll_drain(&mut sock, cx) {
+                    Poll::Pending => {
+                        self.pending.store(true, Ordering::SeqCst);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(res) => res?,
+                }
+                match std::pin::Pin::new(&mut sock.stream).poll_flush(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(res) => res.map_err(|e| self.kill_io(e))?,
+                }
+            }
+            // The reader flagged output while we held `sock` and could not take it: it relies on us.
+            if !self.pending.load(Ordering::SeqCst) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Reader side: like [`flush_from_reader`](Self::flush_from_reader), never waiting for the writer. Returns
+    /// `Pending` (the reader's waker on the socket's send event, `pending` still set) if the socket is full.
+    pub(crate) fn poll_flush_from_reader(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while self.pending.load(Ordering::SeqCst) {
+            let mut sock = match self.sock.try_lock() {
+                Ok(sock) => sock,
+                // The writer holds `sock` and re-checks `pending` after releasing it.
+                Err(TryLockError::WouldBlock) => return Poll::Ready(Ok(())),
+                Err(TryLockError::Poisoned(_)) => return Poll::Ready(Err(TlsStreamError::Poisoned.into())),
+            };
+            self.pending.store(false, Ordering::SeqCst);
+            if self.poll_drain(&mut sock, cx)?.is_pending() {
+                self.pending.store(true, Ordering::SeqCst);
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts the socket's write side (`poll_close`).
+    pub(crate) fn poll_close_socket(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.sock()?.stream).poll_close(cx)
+    }
+
+    /// [`drain`](Self::drain) with `poll_write`: `Pending` once the socket is full. The caller holds `sock`.
+    fn poll_drain(&self, sock: &mut SockWriter<S>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            while sock.pos < sock.out.len() {
+                let SockWriter { stream, out, pos } = &mut *sock;
+                match std::pin::Pin::new(stream).poll_write(cx, &out[*pos..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(self.kill_io(io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => *pos += n,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(self.kill_io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            sock.out.clear();
+            sock.pos = 0;
+            let mut conn = self.conn()?;
+            while conn.wants_write() {
+                conn.write_tls(&mut sock.out)?;
+            }
+            drop(conn);
+            if sock.out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
