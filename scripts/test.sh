@@ -13,10 +13,10 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 
 # Real peers the interop tests run against (curl, socat, iproute2 for the
-# namespaces, tcpdump to read our pcap files), installed by name when we
-# are root. python3 is on every
-# fresh machine.
-APT_PACKAGES=(curl socat iproute2 tcpdump)
+# namespaces, tcpdump to read our pcap files) and g++ (libFuzzer for the fuzz
+# smoke pass), installed by name when we are root. python3 is on every fresh
+# machine.
+APT_PACKAGES=(curl socat iproute2 tcpdump g++)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     step "apt-get install ${APT_PACKAGES[*]}"
     missing=()
@@ -44,6 +44,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+step "fuzz smoke (3 s per target; scripts/fuzz.sh [SECONDS] for real runs)"
+scripts/fuzz.sh 3
 
 step "plebnet demo (the README's first command, short)"
 cargo run --locked --quiet --bin plebnet -- demo --size 4 --conns 2
