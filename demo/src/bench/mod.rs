@@ -17,6 +17,7 @@ mod goodput;
 mod memlink;
 mod raw_smoltcp;
 mod raw_tap;
+mod soak;
 mod tap;
 mod tap_setup;
 mod tls_cells;
@@ -38,6 +39,10 @@ pub struct BenchArgs {
     /// (checks the report's shape quickly).
     #[arg(long, hide = true)]
     skip_measured: bool,
+    /// Run only the soak instead: churn connections for this many seconds
+    /// and report growth of resident memory and open descriptors.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    soak: Option<u64>,
 }
 
 /// Whether higher or lower values are better.
@@ -112,6 +117,12 @@ pub struct Effort {
 
 /// Runs the benchmarks and prints the report.
 pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Some(seconds) = args.soak {
+        let (figures, clean) = soak::run(seconds)?;
+        print_report(&figures);
+        write_json(args, &figures)?;
+        return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     let effort = if args.quick { Effort { runs: 3, bytes: 64 << 20 } } else { Effort { runs: 5, bytes: 256 << 20 } };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
@@ -141,12 +152,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     print_report(&figures);
+    write_json(args, &figures)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the figures to `--json`'s file, if given.
+fn write_json(args: &BenchArgs, figures: &[Figure]) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
+        std::fs::write(path, serde_json::to_string_pretty(figures)? + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Figures named by the issues whose parts do not exist yet.

@@ -1,0 +1,255 @@
+//! `plebnet bench --soak SECONDS`: a bounded soak. Connections churn over a
+//! MemLink stack pair — opened, given a random small amount of data that
+//! the server hashes and echoes the hash of, then closed gracefully or
+//! aborted — and the process's resident memory and open descriptors are
+//! compared before and after. Growth means something leaks.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use plebnet::net::{Stack, StackConfig, TcpListener, TcpStream};
+use plebnet::netstack::nic::{MemLink, MemLinkConfig};
+use plebnet::netstack::rng::Rng;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{Better, Figure};
+use crate::table;
+
+/// Client threads, each with at most one connection open at a time.
+const WORKERS: usize = 8;
+/// Largest transfer on one connection.
+const MAX_BYTES: u64 = 256 * 1024;
+/// How long any single read or write may stall before it counts as failed.
+const STALL: Duration = Duration::from_secs(10);
+/// Churn before the first sample, so one-time allocations (thread stacks,
+/// allocator arenas, socket buffers of the first connections) are not
+/// mistaken for growth.
+const WARM_UP: Duration = Duration::from_secs(2);
+/// Wait after the churn before the last sample: a closed connection stays
+/// in TIME-WAIT (10 s in smoltcp) with its buffers, so only after that is
+/// memory still held a leak rather than connections not yet gone.
+const SETTLE: Duration = Duration::from_secs(11);
+
+/// What the churn did.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Connections closed gracefully with their hash checked.
+    graceful: AtomicU64,
+    /// Connections dropped with unread data (reset) or shut down early.
+    aborted: AtomicU64,
+    /// Payload bytes the clients wrote.
+    bytes: AtomicU64,
+    /// Graceful connections that failed: error, stall or hash mismatch.
+    failures: AtomicU64,
+}
+
+/// Resident memory and open descriptors of this process.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    rss_kib: u64,
+    fds: u64,
+}
+
+impl Usage {
+    fn now() -> io::Result<Usage> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| io::Error::other("no VmRSS in /proc/self/status"))?;
+        let fds = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+        Ok(Usage { rss_kib, fds })
+    }
+}
+
+/// Serves one connection: reads an 8-byte length and that many bytes,
+/// answers with their sha256, then waits for the client to close.
+fn serve(stream: TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(STALL))?;
+    stream.set_write_timeout(Some(STALL))?;
+    let mut s = &stream;
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len)?;
+    let mut left = u64::from_le_bytes(len);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = s.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    s.write_all(&hasher.finalize())?;
+    while s.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// One client connection of a random size, closed one of three ways.
+fn churn_one(stack: &Stack, server: SocketAddr, rng: &mut Rng, tally: &Tally) -> io::Result<()> {
+    let stream = TcpStream::connect_timeout(stack, server, STALL)?;
+    stream.set_read_timeout(Some(STALL))?;
+    stream.set_write_timeout(Some(STALL))?;
+    let len = rng.below(MAX_BYTES + 1);
+    let mut data = vec![0u8; len as usize];
+    data.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+    let mut s = &stream;
+    s.write_all(&len.to_le_bytes())?;
+    match rng.below(5) {
+        // Abort: shut down both halves halfway through, then drop.
+        0 => {
+            s.write_all(&data[..data.len() / 2])?;
+            tally.bytes.fetch_add(len / 2, Ordering::Relaxed);
+            stream.shutdown(Shutdown::Both)?;
+            tally.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        // Abort: send everything, then drop without reading the answer
+        // (unread data makes the close a reset).
+        1 => {
+            s.write_all(&data)?;
+            tally.bytes.fetch_add(len, Ordering::Relaxed);
+            tally.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        // Graceful: check the server's hash, close, wait for its close.
+        _ => {
+            s.write_all(&data)?;
+            tally.bytes.fetch_add(len, Ordering::Relaxed);
+            let mut answer = [0u8; 32];
+            s.read_exact(&mut answer)?;
+            if answer[..] != Sha256::digest(&data)[..] {
+                return Err(io::Error::other("hash mismatch"));
+            }
+            stream.shutdown(Shutdown::Write)?;
+            let mut rest = [0u8; 64];
+            if s.read(&mut rest)? != 0 {
+                return Err(io::Error::other("data after the answer"));
+            }
+            tally.graceful.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the soak for `seconds` and returns its two figures, after printing
+/// a summary table.
+pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Error>> {
+    let (na, nb) = MemLink::pair(MemLinkConfig { mtu: 1500, queue_packets: 4096 });
+    let a = Stack::new(StackConfig::with_address("10.89.0.1/24"), na)?;
+    let b = Stack::new(StackConfig::with_address("10.89.0.2/24"), nb)?;
+    let server: SocketAddr = "10.89.0.1:7000".parse()?;
+    let listener = TcpListener::bind(&a, server)?;
+    let handlers = Arc::new(AtomicUsize::new(0));
+    let acceptor = {
+        let handlers = handlers.clone();
+        thread::spawn(move || {
+            while let Ok((stream, _)) = listener.accept() {
+                handlers.fetch_add(1, Ordering::SeqCst);
+                let handlers = handlers.clone();
+                thread::spawn(move || {
+                    // Aborted clients make the server's side fail; that is
+                    // the point, and the client's side judges success.
+                    let _ = serve(stream);
+                    handlers.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        })
+    };
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let (b, tally, stop) = (b.clone(), tally.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut rng = Rng::new(0x50a6 + i as u64);
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = churn_one(&b, server, &mut rng, &tally) {
+                        log::warn!("soak: connection failed: {e}");
+                        tally.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let total = Duration::from_secs(seconds);
+    thread::sleep(WARM_UP.min(total / 2));
+    let before = Usage::now()?;
+    let counted_from = (tally.graceful.load(Ordering::Relaxed), tally.aborted.load(Ordering::Relaxed));
+    thread::sleep(total.saturating_sub(started.elapsed()));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().map_err(|_| "soak worker panicked")?;
+    }
+    let deadline = Instant::now() + STALL + Duration::from_secs(2);
+    while handlers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let churned = Usage::now()?;
+    thread::sleep(SETTLE);
+    let after = Usage::now()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (graceful, aborted, bytes, failures) =
+        (load(&tally.graceful), load(&tally.aborted), load(&tally.bytes), load(&tally.failures));
+    let lingering = handlers.load(Ordering::SeqCst);
+
+    let rows = vec![
+        vec![
+            "resident memory (KiB)".into(),
+            before.rss_kib.to_string(),
+            churned.rss_kib.to_string(),
+            after.rss_kib.to_string(),
+        ],
+        vec!["open descriptors".into(), before.fds.to_string(), churned.fds.to_string(), after.fds.to_string()],
+        vec![
+            "connections (graceful + aborted)".into(),
+            format!("{} + {}", counted_from.0, counted_from.1),
+            format!("{graceful} + {aborted}"),
+            "-".into(),
+        ],
+    ];
+    let warm = WARM_UP.min(total / 2).as_secs();
+    println!(
+        "soak: {seconds} s of churn by {WORKERS} client threads; samples after {warm} s, at the end, and {} s later",
+        SETTLE.as_secs()
+    );
+    println!("{}", table::render(&["", "start", "end of churn", "settled"], &rows));
+    println!("  {} MiB written, {failures} failures, {lingering} server handlers still open", bytes >> 20);
+
+    let detail = json!({
+        "seconds": elapsed,
+        "workers": WORKERS,
+        "rss_kib": { "start": before.rss_kib, "end_of_churn": churned.rss_kib, "settled": after.rss_kib },
+        "fds": { "start": before.fds, "end_of_churn": churned.fds, "settled": after.fds },
+        "connections_graceful": graceful,
+        "connections_aborted": aborted,
+        "connections_before_first_sample": counted_from.0 + counted_from.1,
+        "bytes": bytes,
+        "failures": failures,
+        "server_handlers_left": lingering,
+    });
+    let figure = |name, value: i64, unit, goal| Figure {
+        name,
+        value: Some(value as f64),
+        unit,
+        goal,
+        better: Better::Lower,
+        status: "measured",
+        detail: detail.clone(),
+    };
+    let figures = vec![
+        figure("soak_rss_growth_kib", after.rss_kib as i64 - before.rss_kib as i64, "KiB", 1024.0),
+        figure("soak_fd_growth", after.fds as i64 - before.fds as i64, "count", 0.0),
+    ];
+    drop(acceptor); // blocked in accept for as long as the stacks live
+    Ok((figures, failures == 0 && lingering == 0))
+}
