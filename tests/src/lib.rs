@@ -2,6 +2,7 @@
 //! [`NetStack`] and run on the kernel's stack and on plebnet stacks.
 #![allow(missing_docs)]
 
+pub mod cells;
 pub mod http;
 pub mod netns;
 pub mod suite;

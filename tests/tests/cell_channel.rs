@@ -5,51 +5,16 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, mpsc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use plebnet::net::{NetStack, TcpListenerApi, TcpStreamApi};
+use plebnet::net::TcpStreamApi;
+use plebnet_tests::cells::{join_bounded, server_side, spawn_bounded, tcp_pair};
 use plebnet_tests::{pattern, stack_pair};
 use plebnet_transport::cell::{Cell, Command, FIXED_CELL_LEN, FIXED_PAYLOAD_LEN};
 use plebnet_transport::channel::{CellChannel, ChannelConfig, ChannelError, Circuit};
-use plebnet_transport::tls::{Pin, TlsCellStream, client_config_pinned, self_signed, server_config};
+use plebnet_transport::tls::{TlsCellStream, client_config_pinned};
 use sha2::{Digest, Sha256};
-
-/// How long any one thread of a test may take before the test calls it a deadlock.
-const JOIN_BOUND: Duration = Duration::from_secs(120);
-
-fn spawn_bounded<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .unwrap();
-    rx
-}
-
-fn join_bounded<T>(what: &str, rx: &mpsc::Receiver<T>) -> T {
-    rx.recv_timeout(JOIN_BOUND)
-        .unwrap_or_else(|e| panic!("{what} did not finish within {JOIN_BOUND:?} ({e}): deadlock?"))
-}
-
-/// A connected TCP pair `(client, server)` via a listener on `listen` on the `server` stack.
-fn tcp_pair<N: NetStack>(server: &N, client: &N, listen: SocketAddr) -> (N::TcpStream, N::TcpStream) {
-    let listener = server.tcp_listen(listen).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = spawn_bounded("accept", move || listener.accept().map(|(s, _)| s));
-    let c = client.tcp_connect(addr).unwrap();
-    (c, join_bounded("accept", &accepted).unwrap())
-}
-
-/// The server's TLS configuration and the pin a client needs for it.
-fn server_side() -> (rustls::ServerConfig, Pin) {
-    let (cert, key) = self_signed(&["relay.test"]).unwrap();
-    let pin = Pin::cert_sha256(&cert);
-    (server_config(cert, key).unwrap(), pin)
-}
 
 /// Channels `(client, server)` over a fresh plebnet stack pair; the server's uses `server_config`.
 fn channel_pair(
@@ -58,7 +23,7 @@ fn channel_pair(
 ) -> (CellChannel<impl TcpStreamApi>, CellChannel<impl TcpStreamApi>) {
     let (a, b) = stack_pair(None);
     let (c, s) = tcp_pair(&a, &b, SocketAddr::from(([10, 7, 0, 1], port)));
-    let (config, pin) = server_side();
+    let (config, pin) = server_side(false);
     let server = spawn_bounded("tls accept", move || TlsCellStream::accept(s, config));
     let client = TlsCellStream::connect(c, "relay.test", client_config_pinned(pin)).unwrap();
     let server = join_bounded("tls accept", &server).unwrap();
@@ -203,7 +168,7 @@ fn truncated_stream() -> Vec<u8> {
 fn a_cell_cut_short_fails_every_circuit_with_the_decoder_error() {
     let (a, b) = stack_pair(None);
     let (c, s) = tcp_pair(&a, &b, "10.7.0.1:4441".parse().unwrap());
-    let (config, pin) = server_side();
+    let (config, pin) = server_side(false);
     let server = spawn_bounded("server", move || -> io::Result<_> {
         let (sr, sw) = TlsCellStream::accept(s, config)?.split()?;
         let channel = CellChannel::new(sr, sw)?;

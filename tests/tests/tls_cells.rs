@@ -3,50 +3,18 @@
 //! authentication, delivers only an untouched prefix, and the writer dies too), and a wrong certificate pin.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
-use std::sync::mpsc;
+use std::net::Shutdown;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use plebnet::net::{NetStack, OsStack, TcpListenerApi, TcpStreamApi};
-use plebnet::netstack::rng::Rng;
+use plebnet::net::{NetStack, OsStack, TcpStreamApi};
+use plebnet_tests::cells::{CellSource, hash_cell, join_bounded, spawn_bounded, tcp_pair, tls_pair};
 use plebnet_tests::{stack_pair, stack_pair_with};
-use plebnet_transport::cell::{Cell, Command, FIXED_CELL_LEN, FIXED_PAYLOAD_LEN};
+use plebnet_transport::cell::{Cell, Command, FIXED_CELL_LEN};
 use plebnet_transport::tls::{
     CellReader, CellWriter, Pin, TlsCellStream, client_config_pinned, self_signed, server_config,
 };
 use sha2::{Digest, Sha256};
-
-/// How long any one thread of a test may take before the test calls it a deadlock.
-const JOIN_BOUND: Duration = Duration::from_secs(120);
-
-/// Deterministic RELAY cells with full pseudo-random payloads.
-struct CellSource {
-    rng: Rng,
-    next_circ: u32,
-}
-
-impl CellSource {
-    fn new(seed: u64) -> Self {
-        CellSource { rng: Rng::new(seed), next_circ: 1 }
-    }
-
-    fn next_cell(&mut self) -> Cell {
-        let mut payload = vec![0u8; FIXED_PAYLOAD_LEN + 3];
-        for word in payload.chunks_mut(8) {
-            word.copy_from_slice(&self.rng.next_u64().to_le_bytes()[..word.len()]);
-        }
-        payload.truncate(FIXED_PAYLOAD_LEN);
-        self.next_circ = self.next_circ.wrapping_add(1);
-        Cell { circ_id: self.next_circ, command: Command::RELAY, payload: payload.into() }
-    }
-}
-
-fn hash_cell(hasher: &mut Sha256, cell: &Cell) {
-    hasher.update(cell.circ_id.to_be_bytes());
-    hasher.update([cell.command.0]);
-    hasher.update(&cell.payload);
-}
 
 /// Hash of the first `count` cells of `CellSource::new(seed)`.
 fn hash_of_first(seed: u64, count: usize) -> [u8; 32] {
@@ -56,42 +24,6 @@ fn hash_of_first(seed: u64, count: usize) -> [u8; 32] {
         hash_cell(&mut hasher, &source.next_cell());
     }
     hasher.finalize().into()
-}
-
-/// Runs `f` on a thread and returns a receiver for its result, so the test can bound the wait.
-fn spawn_bounded<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .unwrap();
-    rx
-}
-
-fn join_bounded<T>(what: &str, rx: &mpsc::Receiver<T>) -> T {
-    rx.recv_timeout(JOIN_BOUND)
-        .unwrap_or_else(|e| panic!("{what} did not finish within {JOIN_BOUND:?} ({e}): deadlock?"))
-}
-
-/// A connected TCP pair `(client, server)` on `client` and `server` stacks, via a listener on `listen`.
-fn tcp_pair<N: NetStack>(server: &N, client: &N, listen: SocketAddr) -> (N::TcpStream, N::TcpStream) {
-    let listener = server.tcp_listen(listen).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = spawn_bounded("accept", move || listener.accept().map(|(s, _)| s));
-    let c = client.tcp_connect(addr).unwrap();
-    (c, join_bounded("accept", &accepted).unwrap())
-}
-
-/// TLS handshake over a connected pair; returns `(client, server)` streams.
-fn tls_pair<S: TcpStreamApi>(c: S, s: S, spki_pin: bool) -> (TlsCellStream<S>, TlsCellStream<S>) {
-    let (cert, key) = self_signed(&["relay.test"]).unwrap();
-    let pin = if spki_pin { Pin::spki_sha256(&cert).unwrap() } else { Pin::cert_sha256(&cert) };
-    let config = server_config(cert, key).unwrap();
-    let server = spawn_bounded("tls accept", move || TlsCellStream::accept(s, config));
-    let client = TlsCellStream::connect(c, "relay.test", client_config_pinned(pin)).unwrap();
-    (client, join_bounded("tls accept", &server).unwrap())
 }
 
 /// Writes `bytes` worth of cells from `seed`, updating keys every MiB, then closes; returns the hash.

@@ -7,82 +7,21 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::executor::block_on;
 use futures::future::join;
-use plebnet::net::NetStack;
-use plebnet::netstack::rng::Rng;
 use plebnet::netstack::{Stack, TcpStream};
+use plebnet_tests::cells::{self, CellSource, hash_cell, join_bounded, spawn_bounded, tcp_pair};
 use plebnet_tests::{stack_pair, stack_pair_with};
-use plebnet_transport::cell::{Cell, Command, FIXED_CELL_LEN, FIXED_PAYLOAD_LEN};
-use plebnet_transport::tls::{
-    AsyncCellReader, AsyncCellWriter, Pin, TlsCellStream, client_config_pinned, self_signed, server_config,
-};
+use plebnet_transport::cell::FIXED_CELL_LEN;
+use plebnet_transport::tls::{AsyncCellReader, AsyncCellWriter, TlsCellStream};
 use sha2::{Digest, Sha256};
-
-/// How long one side may take before the test calls it a deadlock.
-const JOIN_BOUND: Duration = Duration::from_secs(120);
-
-/// Deterministic RELAY cells with full pseudo-random payloads (as in tls_cells.rs).
-struct CellSource {
-    rng: Rng,
-    next_circ: u32,
-}
-
-impl CellSource {
-    fn new(seed: u64) -> Self {
-        CellSource { rng: Rng::new(seed), next_circ: 1 }
-    }
-
-    fn next_cell(&mut self) -> Cell {
-        let mut payload = vec![0u8; FIXED_PAYLOAD_LEN + 3];
-        for word in payload.chunks_mut(8) {
-            word.copy_from_slice(&self.rng.next_u64().to_le_bytes()[..word.len()]);
-        }
-        payload.truncate(FIXED_PAYLOAD_LEN);
-        self.next_circ = self.next_circ.wrapping_add(1);
-        Cell { circ_id: self.next_circ, command: Command::RELAY, payload: payload.into() }
-    }
-}
-
-fn hash_cell(hasher: &mut Sha256, cell: &Cell) {
-    hasher.update(cell.circ_id.to_be_bytes());
-    hasher.update([cell.command.0]);
-    hasher.update(&cell.payload);
-}
-
-/// Runs `f` on a thread and returns a receiver for its result, so the test can bound the wait.
-fn spawn_bounded<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .unwrap();
-    rx
-}
-
-fn join_bounded<T>(what: &str, rx: &mpsc::Receiver<T>) -> T {
-    rx.recv_timeout(JOIN_BOUND)
-        .unwrap_or_else(|e| panic!("{what} did not finish within {JOIN_BOUND:?} ({e}): deadlock?"))
-}
 
 /// A TLS-over-plebnet pair `(client, server)`, handshaken (blocking) across stacks `b` -> `a`.
 fn tls_pair(a: &Stack, b: &Stack, listen: SocketAddr) -> (TlsCellStream<TcpStream>, TlsCellStream<TcpStream>) {
-    let listener = a.tcp_listen(listen).unwrap();
-    let (cert, key) = self_signed(&["relay.test"]).unwrap();
-    let pin = Pin::cert_sha256(&cert);
-    let config = server_config(cert, key).unwrap();
-    let server = spawn_bounded("tls accept", move || {
-        let (sock, _) = listener.accept()?;
-        TlsCellStream::accept(sock, config)
-    });
-    let sock = b.tcp_connect(listen).unwrap();
-    let client = TlsCellStream::connect(sock, "relay.test", client_config_pinned(pin)).unwrap();
-    (client, join_bounded("tls accept", &server).unwrap())
+    let (c, s) = tcp_pair(a, b, listen);
+    cells::tls_pair(c, s, false)
 }
 
 /// Writes `bytes` worth of cells from `seed`, updating keys every MiB, then closes; returns hash and updates.
