@@ -105,17 +105,9 @@ pub(crate) fn block_on<T>(
     mut attempt: impl FnMut(&mut Core) -> Option<io::Result<T>>,
 ) -> io::Result<T> {
     loop {
-        let seen = {
-            let mut core = stack.shared().lock();
-            // Read before unlocking: notifications happen under the lock,
-            // so none can slip in between this read and the wait below.
-            let seen = event.seq();
-            if let Some(result) = attempt(&mut core) {
-                drop(core);
-                stack.wake_driver();
-                return result;
-            }
-            seen
+        let seen = match try_once(stack, event, &mut attempt) {
+            Ok(result) => return result,
+            Err(seen) => seen,
         };
         if wait.nonblocking {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "operation would block"));
@@ -123,6 +115,28 @@ pub(crate) fn block_on<T>(
         if !event.wait(seen, wait.deadline) {
             return Err((wait.on_timeout)());
         }
+    }
+}
+
+/// One try of `attempt` under the core lock: its result (the driver is
+/// rung, since the attempt may have queued work), or, if it cannot complete
+/// yet, `event`'s sequence number read under that same lock. Notifications
+/// happen under the lock, so none can slip in between this read and a wait
+/// or registration on that number.
+fn try_once<T>(
+    stack: &Stack,
+    event: &Event,
+    attempt: &mut impl FnMut(&mut Core) -> Option<io::Result<T>>,
+) -> Result<io::Result<T>, u64> {
+    let mut core = stack.shared().lock();
+    let seen = event.seq();
+    match attempt(&mut core) {
+        Some(result) => {
+            drop(core);
+            stack.wake_driver();
+            Ok(result)
+        }
+        None => Err(seen),
     }
 }
 
@@ -140,15 +154,9 @@ pub(crate) fn poll_on<T>(
     mut attempt: impl FnMut(&mut Core) -> Option<io::Result<T>>,
 ) -> std::task::Poll<io::Result<T>> {
     loop {
-        let seen = {
-            let mut core = stack.shared().lock();
-            let seen = event.seq();
-            if let Some(result) = attempt(&mut core) {
-                drop(core);
-                stack.wake_driver();
-                return std::task::Poll::Ready(result);
-            }
-            seen
+        let seen = match try_once(stack, event, &mut attempt) {
+            Ok(result) => return std::task::Poll::Ready(result),
+            Err(seen) => seen,
         };
         if event.register_task(seen, cx.waker()) {
             return std::task::Poll::Pending;

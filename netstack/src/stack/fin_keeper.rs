@@ -244,7 +244,7 @@ fn packet_is_not_fin(packet: &[u8]) -> bool {
 mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpAddress, IpProtocol, IpRepr, Ipv4Address, Ipv4Packet, Ipv6Address, TcpPacket, TcpRepr};
+    use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Packet, Ipv6Address, TcpPacket, TcpRepr};
 
     const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
     const B: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
@@ -255,29 +255,9 @@ mod tests {
 
     /// A segment between `src` and `dst` (ports 1000 on A, 2000 on B).
     fn seg(src: IpAddress, dst: IpAddress, control: TcpControl, seq: u32, ack: Option<u32>, len: usize) -> Vec<u8> {
-        let payload = vec![0x5a; len];
         let a_side = src == IpAddress::Ipv4(A) || src == IpAddress::Ipv6(Ipv6Address::new(0xfd07, 0, 0, 0, 0, 0, 0, 1));
-        let tcp = TcpRepr {
-            src_port: if a_side { 1000 } else { 2000 },
-            dst_port: if a_side { 2000 } else { 1000 },
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-            window_len: 700,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &payload,
-        };
-        let ip = IpRepr::new(src, dst, IpProtocol::Tcp, tcp.buffer_len(), 64);
-        let mut buf = vec![0u8; ip.header_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut buf[..], &caps);
-        let hl = ip.header_len();
-        tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[hl..]), &src, &dst, &caps);
-        buf
+        let (sp, dp) = if a_side { (1000, 2000) } else { (2000, 1000) };
+        segment::test_segment((src, sp), (dst, dp), control, seq, ack, 700, len, 0x5a)
     }
 
     fn out(control: TcpControl, seq: u32, ack: u32, len: usize) -> Vec<u8> {

@@ -412,37 +412,17 @@ fn build_ack(t: &Bare, seq: TcpSeqNumber, window: u16) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpAddress, IpProtocol, IpRepr, Ipv4Address, Ipv4Packet, TcpPacket, TcpRepr};
+
+    use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Packet, TcpPacket};
 
     const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
     const B: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 
     /// A segment from `src` to `dst` with `len` payload bytes.
     fn segment(src: Ipv4Address, dst: Ipv4Address, seq: u32, ack: u32, len: usize) -> Vec<u8> {
-        let payload = vec![0xab; len];
-        let tcp = TcpRepr {
-            src_port: if src == A { 1000 } else { 2000 },
-            dst_port: if src == A { 2000 } else { 1000 },
-            control: TcpControl::None,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: Some(TcpSeqNumber(ack as i32)),
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &payload,
-        };
+        let (sp, dp) = if src == A { (1000, 2000) } else { (2000, 1000) };
         let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
-        let ip = IpRepr::new(s, d, IpProtocol::Tcp, tcp.buffer_len(), 64);
-        let mut buf = vec![0u8; ip.header_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut buf[..], &caps);
-        let hl = ip.header_len();
-        tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[hl..]), &s, &d, &caps);
-        buf
+        super::super::segment::test_segment((s, sp), (d, dp), TcpControl::None, seq, Some(ack), 1000, len, 0xab)
     }
 
     fn seq_of(packet: &[u8]) -> u32 {

@@ -158,3 +158,41 @@ impl Bare {
         buf
     }
 }
+
+/// A TCP segment for unit tests: `len` payload bytes of `fill`, window
+/// `window`, no options, both checksums filled in.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn test_segment(
+    (src, src_port): (IpAddress, u16),
+    (dst, dst_port): (IpAddress, u16),
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    window: u16,
+    len: usize,
+    fill: u8,
+) -> Vec<u8> {
+    let payload = vec![fill; len];
+    let tcp = TcpRepr {
+        src_port,
+        dst_port,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: window,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &payload,
+    };
+    let ip = IpRepr::new(src, dst, IpProtocol::Tcp, tcp.buffer_len(), 64);
+    let mut buf = vec![0u8; ip.header_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut buf[..], &caps);
+    let hl = ip.header_len();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut buf[hl..]), &src, &dst, &caps);
+    buf
+}

@@ -135,6 +135,19 @@ impl<S: Write> Shared<S> {
         Ok(())
     }
 
+    /// Replaces the written-out buffer with the records rustls has queued;
+    /// false if there were none. The caller holds `sock` and has written
+    /// everything before.
+    fn take_records(&self, sock: &mut SockWriter<S>) -> io::Result<bool> {
+        sock.out.clear();
+        sock.pos = 0;
+        let mut conn = self.conn()?;
+        while conn.wants_write() {
+            conn.write_tls(&mut sock.out)?;
+        }
+        Ok(!sock.out.is_empty())
+    }
+
     /// Writes `out[pos..]`, then takes and writes rustls's queued records until there are none. With
     /// `nonblocking`, stops at `WouldBlock` and keeps the rest in `out` for the next drain. The caller holds
     /// `sock`.
@@ -149,14 +162,7 @@ impl<S: Write> Shared<S> {
                     Err(e) => return Err(self.kill_io(e)),
                 }
             }
-            sock.out.clear();
-            sock.pos = 0;
-            let mut conn = self.conn()?;
-            while conn.wants_write() {
-                conn.write_tls(&mut sock.out)?;
-            }
-            drop(conn);
-            if sock.out.is_empty() {
+            if !self.take_records(sock)? {
                 return Ok(Drained::All);
             }
         }
@@ -235,14 +241,7 @@ impl<S: Write + futures_io::AsyncWrite + Unpin> Shared<S> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            sock.out.clear();
-            sock.pos = 0;
-            let mut conn = self.conn()?;
-            while conn.wants_write() {
-                conn.write_tls(&mut sock.out)?;
-            }
-            drop(conn);
-            if sock.out.is_empty() {
+            if !self.take_records(sock)? {
                 return Poll::Ready(Ok(()));
             }
         }
