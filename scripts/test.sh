@@ -14,9 +14,9 @@ fi
 
 # Real peers the interop tests run against (curl, socat, iproute2 for the
 # namespaces, tcpdump to read our pcap files) and g++ (libFuzzer for the fuzz
-# smoke pass), installed by name when we are root. python3 is on every fresh
-# machine.
-APT_PACKAGES=(curl socat iproute2 tcpdump g++)
+# smoke pass) and netcat-openbsd (the preload shim's nc tests), installed by
+# name when we are root. python3 is on every fresh machine.
+APT_PACKAGES=(curl socat iproute2 tcpdump g++ netcat-openbsd)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     step "apt-get install ${APT_PACKAGES[*]}"
     missing=()

@@ -5,6 +5,8 @@
 //!   baselines measured in the same run.
 //! * `plebnet node` — run a node from a TOML configuration; `plebnet ctl`
 //!   asks a running node for its stats.
+//! * `plebnet run -- CMD` — run an unmodified program on a plebnet stack
+//!   through the LD_PRELOAD shim.
 
 use std::process::ExitCode;
 
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod node_cmd;
+mod run_cmd;
 mod table;
 
 /// plebnet: a userspace TCP/IP transport for overlays and relays.
@@ -34,6 +37,9 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Ask a running node for its state through its control socket.
     Ctl(node_cmd::CtlArgs),
+    /// Run an unmodified program on a plebnet stack (LD_PRELOAD shim):
+    /// `plebnet run --config FILE -- CMD ARGS...`.
+    Run(run_cmd::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Node(args) => node_cmd::run_node(&args),
         Command::Ctl(args) => node_cmd::run_ctl(&args),
+        Command::Run(args) => run_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -78,6 +78,39 @@ pub struct NodeConfig {
     pub services: Vec<Spanned<ServiceConfig>>,
     /// The control socket for `plebnet ctl`.
     pub control: Option<ControlConfig>,
+    /// Settings of the LD_PRELOAD shim (`plebnet run`); other commands
+    /// ignore them.
+    #[serde(default)]
+    pub preload: PreloadConfig,
+}
+
+/// Where a preloaded program's loopback traffic goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopbackPolicy {
+    /// 127.0.0.0/8 and ::1 are the kernel's (the default).
+    #[default]
+    Kernel,
+    /// 127.0.0.0/8 and ::1 are the plebnet stack's own loopback.
+    Plebnet,
+}
+
+/// The `[preload]` section: how `plebnet run` routes a program's sockets
+/// (docs/shim.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreloadConfig {
+    /// Refuse every destination that is neither an overlay prefix nor
+    /// loopback, and never let a DNS query reach the kernel.
+    #[serde(default)]
+    pub strict: bool,
+    /// Where loopback goes.
+    #[serde(default)]
+    pub loopback: LoopbackPolicy,
+    /// Names that resolve to overlay addresses (`getaddrinfo`,
+    /// `gethostbyname`), e.g. `hosts = { "b.overlay" = "10.77.0.2" }`.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, IpAddr>,
 }
 
 fn default_name() -> String {

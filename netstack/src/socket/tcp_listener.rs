@@ -9,6 +9,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
@@ -76,7 +77,7 @@ impl TcpListener {
 
     /// Waits for a connection and returns it with the peer's address.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let wait = Wait::io(self.options.nonblocking(), None);
+        let wait = Wait::io(self.options.nonblocking(), self.options.read_timeout());
         let stack = &self.stack;
         block_on(stack, &self.accept_event, wait, |core| {
             let (handle, tuple) = core.take_accepted(self.id)?;
@@ -95,6 +96,12 @@ impl TcpListener {
     /// The address the listener is bound to (with the chosen port).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
+    }
+
+    /// How long a blocking `accept` waits (`None`: forever); expiry
+    /// reports `WouldBlock`, like `SO_RCVTIMEO` on a Linux listener.
+    pub fn set_accept_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.options.set_read_timeout(timeout)
     }
 
     /// Non-blocking mode: `accept` returns `WouldBlock` when nobody waits.
