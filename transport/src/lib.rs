@@ -27,4 +27,5 @@
 
 pub mod cell;
 pub mod channel;
+pub mod multipath;
 pub mod tls;

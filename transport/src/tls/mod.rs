@@ -43,6 +43,7 @@
 
 #[cfg(feature = "async")]
 mod async_split;
+mod byte_stream;
 mod config;
 mod error;
 mod pin;
@@ -60,6 +61,7 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 
 #[cfg(feature = "async")]
 pub use async_split::{AsyncCellReader, AsyncCellWriter, AsyncTcpStream};
+pub use byte_stream::TlsByteStream;
 pub use config::{client_config_pinned, client_config_webpki, provider, self_signed, server_config};
 pub use error::TlsStreamError;
 pub use pin::{Pin, PinMismatch, PinnedServerVerifier};
@@ -129,6 +131,22 @@ impl<S: TcpStreamApi> TlsCellStream<S> {
     /// The certificates the peer presented, end-entity first (`None` for a server without client auth).
     pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         self.conn.peer_certificates()
+    }
+
+    /// The ALPN protocol the handshake agreed on, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The socket under the session (to set timeouts, or keep a [`try_clone`](TcpStreamApi::try_clone) that
+    /// can shut it down).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// Uses the session as a plain byte stream instead of a cell stream.
+    pub fn into_byte_stream(self) -> TlsByteStream<S> {
+        TlsByteStream::new(self.conn, self.stream)
     }
 
     /// Splits the stream into a reader and a writer that may be used from two threads at once.
