@@ -84,3 +84,15 @@ write("stack_ingress", "tcp_syn_ack", packets(tcp(80, 0x02), tcp(80, 0x10, 1001,
 write("stack_ingress", "tcp_closed_port", packets(tcp(81, 0x02)))
 write("stack_ingress", "icmp_echo", packets(icmp_echo()))
 write("stack_ingress", "ipv6_junk", packets(bytes([0x60]) + bytes(39), b"\x45\x00"))
+
+
+# tunnel_core: operations [op, arg, ...] (see fuzz_targets/tunnel_core.rs).
+def seq_op(leg, kind, stream, n):
+    return bytes([1, leg, kind, stream, n])
+
+
+begin_data = seq_op(0, 0, 1, 16) + seq_op(0, 1, 1, 20) + seq_op(1, 1, 1, 3)
+write("tunnel_core", "begin_data_switch", begin_data + bytes([1, 2, 2, 0, 5]) + bytes([3, 40, 4, 0]))
+write("tunnel_core", "switch_zero_twice", bytes([0, 0, 3, 4, 0, 0, 0, 0, 0, 1, 3, 4, 0, 0, 0, 1, 0, 1, 3, 4, 0, 0, 0, 1]))
+write("tunnel_core", "timers", begin_data + bytes([2, 250, 4, 0, 2, 255, 2, 255, 3, 8]))
+write("tunnel_core", "resend_dup", seq_op(0, 0, 1, 4) + bytes([1, 1, 1, 1, 1]) * 3 + bytes([0, 2, 6, 16]) + bytes(16))

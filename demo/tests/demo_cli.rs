@@ -9,34 +9,64 @@ fn plebnet(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The row of the summary table named `name`, without the name.
+fn summary_row<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} row: {out}"))
+}
+
+/// The README's first command: through client → relay → exit over a two-leg tunnel, one leg killed halfway,
+/// the content checked. The hashes in the table are compared here too, not only the verdict.
 #[test]
-fn demo_moves_data_and_reports_matching_hashes() {
-    let (ok, out) = plebnet(&["demo", "--size", "4", "--conns", "2"]);
+fn demo_moves_data_through_the_relay_network_and_survives_a_dead_leg() {
+    let (ok, out) = plebnet(&["demo", "--size", "16"]);
     assert!(ok, "{out}");
-    assert!(out.contains("RESULT: all 4 flows arrived intact"), "{out}");
-    let rows = out.lines().filter(|l| l.trim_end().ends_with("  match")).count();
-    assert_eq!(rows, 4, "one matching row per flow: {out}");
+    assert!(out.contains("RESULT: 16 MiB arrived intact"), "{out}");
+    assert_eq!(summary_row(&out, "sha256 sent (target)"), summary_row(&out, "sha256 received (client)"));
+    assert_eq!(summary_row(&out, "content"), "match");
+    assert!(out.contains("(the busiest) at"), "a leg was killed halfway: {out}");
+    assert!(summary_row(&out, "leg 0 bytes").contains("killed") ^ summary_row(&out, "leg 1 bytes").contains("killed"));
 }
 
 #[test]
-fn demo_over_a_lossy_link_still_matches() {
-    let (ok, out) = plebnet(&["demo", "--size", "1", "--conns", "2", "--loss", "0.02", "--seed", "7"]);
+fn demo_over_lossy_links_still_matches() {
+    let (ok, out) = plebnet(&["demo", "--size", "8", "--loss", "0.02", "--seed", "7"]);
     assert!(ok, "{out}");
+    assert_eq!(summary_row(&out, "content"), "match");
     assert!(out.contains("dropped_loss"), "the summary lists the drops: {out}");
 }
 
 #[test]
+fn demo_with_three_legs_and_each_scheduler_matches() {
+    for scheduler in ["lowrtt", "minrtt", "redundant"] {
+        let (ok, out) = plebnet(&["demo", "--size", "4", "--legs", "3", "--scheduler", scheduler]);
+        assert!(ok, "{scheduler}: {out}");
+        assert_eq!(summary_row(&out, "content"), "match", "{scheduler}");
+    }
+}
+
+/// Corruption injected past the transport (in the client, after the tunnel delivered the bytes) must make
+/// the demo fail: the check is real.
+#[test]
 fn demo_fails_when_content_differs() {
-    let (ok, out) = plebnet(&["demo", "--size", "1", "--conns", "1", "--corrupt-after-transport", "1"]);
+    let (ok, out) = plebnet(&["demo", "--size", "2", "--corrupt-after-transport", "1"]);
     assert!(!ok, "a corrupted stream must fail the demo: {out}");
     assert!(out.contains("MISMATCH"), "{out}");
 }
 
 #[test]
 fn demo_rejects_bad_arguments_clearly() {
-    let (ok, out) = plebnet(&["demo", "--loss", "1.5"]);
-    assert!(!ok);
-    assert!(out.contains("--loss must be in [0, 1)"), "{out}");
+    for (args, message) in [
+        (&["demo", "--loss", "1.5"][..], "--loss must be in [0, 1)"),
+        (&["demo", "--legs", "9"][..], "--legs must be 1 to 4"),
+        (&["demo", "--scheduler", "fastest"][..], "unknown scheduler"),
+    ] {
+        let (ok, out) = plebnet(args);
+        assert!(!ok, "{args:?}");
+        assert!(out.contains(message), "{args:?}: {out}");
+    }
 }
 
 #[test]

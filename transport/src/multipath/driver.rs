@@ -413,6 +413,23 @@ impl TunnelStream {
 
 impl Read for TunnelStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for TunnelStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reading and writing through a shared reference, so one thread can read while another writes.
+impl Read for &TunnelStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut inner = self.shared.lock();
         loop {
             if let Some(n) = inner.core.stream_read(self.id, buf)? {
@@ -424,7 +441,8 @@ impl Read for TunnelStream {
     }
 }
 
-impl Write for TunnelStream {
+/// See the `Read for &TunnelStream` impl.
+impl Write for &TunnelStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
