@@ -16,6 +16,7 @@ use crate::table;
 mod goodput;
 mod memlink;
 mod multipath;
+mod plot;
 mod raw_smoltcp;
 mod raw_tap;
 mod soak;
@@ -33,6 +34,9 @@ pub struct BenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write PNG plots (the multipath failover trace) into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
     /// Only run figures whose name contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -109,11 +113,12 @@ impl Stats {
     }
 }
 
-/// How hard to measure.
+/// How hard to measure, and where plots go.
 #[derive(Debug, Clone, Copy)]
 pub struct Effort {
     pub runs: usize,
     pub bytes: usize,
+    pub plot: Option<&'static std::path::Path>,
 }
 
 /// Runs the benchmarks and prints the report.
@@ -124,7 +129,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         write_json(args, &figures)?;
         return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
-    let effort = if args.quick { Effort { runs: 3, bytes: 64 << 20 } } else { Effort { runs: 5, bytes: 256 << 20 } };
+    // The plot directory lives for the whole run; leaking one path keeps `Effort` Copy.
+    let plot: Option<&'static std::path::Path> = args.plot.clone().map(|p| &*Box::leak(p.into_boxed_path()));
+    let effort =
+        if args.quick { Effort { runs: 3, bytes: 64 << 20, plot } } else { Effort { runs: 5, bytes: 256 << 20, plot } };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
     type Measure = fn(Effort) -> Result<Figure, Box<dyn std::error::Error>>;

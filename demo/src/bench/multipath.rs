@@ -3,7 +3,7 @@
 //!
 //! * `multipath_aggregate_vs_single`: two paths, each rate-limited to the same R; goodput of a two-leg
 //!   tunnel (weighted round-robin) divided by a one-leg tunnel over one such path, same run.
-//! * `multipath_failover_stall_s`: two paths at 10 ms RTT; the leg carrying the data (LowRTT keeps one leg
+//! * `multipath_failover_stall_s`: two paths at 10 ms RTT (and R); the leg carrying the data (LowRTT keeps one leg
 //!   busy) is killed halfway through a download; the figure is the longest gap in delivered bytes in the
 //!   4 MiB after the kill.
 
@@ -65,9 +65,20 @@ fn tunnel_over(paths: &[Path], scheduler: Scheduler) -> Result<(Tunnel, Tunnel),
     Ok((client, server))
 }
 
-/// The server sends `len` bytes to the client on one stream; `kill` (if any) runs on the client's tunnel
-/// when half has arrived. Returns (seconds, longest gap in the 4 MiB after the kill).
-fn download(client: &Tunnel, server: &Tunnel, len: usize, kill: bool) -> Result<(f64, Duration), Box<dyn Error>> {
+/// What one download saw.
+struct Download {
+    secs: f64,
+    /// Longest gap between reads in the 4 MiB after the kill.
+    gap: Duration,
+    /// Seconds from the start when the leg was killed.
+    killed_at: Option<f64>,
+    /// (seconds, bytes received per leg) every 10 ms.
+    trace: Vec<(f64, Vec<u64>)>,
+}
+
+/// The server sends `len` bytes to the client on one stream; with `kill`, the busiest leg is killed on the
+/// client's side when half has arrived.
+fn download(client: &Tunnel, server: &Tunnel, len: usize, kill: bool) -> Result<Download, Box<dyn Error>> {
     let server = server.clone();
     let sender = thread::spawn(move || -> std::io::Result<()> {
         let (mut s, _) = server.accept_stream()?;
@@ -82,6 +93,20 @@ fn download(client: &Tunnel, server: &Tunnel, len: usize, kill: bool) -> Result<
     });
     let mut stream = client.open_stream("bench")?;
     let started = Instant::now();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let sampler = {
+        let client = client.clone();
+        thread::spawn(move || {
+            let mut trace = Vec::new();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(10))
+            {
+                let legs = client.leg_stats().iter().map(|l| l.data_bytes_received).collect();
+                trace.push((started.elapsed().as_secs_f64(), legs));
+            }
+            trace
+        })
+    };
+    let mut killed_at = None;
     let mut buf = vec![0u8; 64 * 1024];
     let (mut got, mut last, mut gap, mut watch_until) = (0usize, None::<Instant>, Duration::ZERO, 0usize);
     loop {
@@ -104,14 +129,45 @@ fn download(client: &Tunnel, server: &Tunnel, len: usize, kill: bool) -> Result<
             let busiest = client.leg_stats().into_iter().max_by_key(|l| l.data_bytes_received).map(|l| l.id);
             client.kill_leg(busiest.ok_or("no leg")?);
             watch_until = got + (4 << 20);
+            killed_at = Some(started.elapsed().as_secs_f64());
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let trace = sampler.join().map_err(|_| "sampler panicked")?;
     sender.join().map_err(|_| "sender panicked")??;
     if got != len {
         return Err(format!("multipath benchmark: {got} of {len} bytes arrived").into());
     }
-    Ok((secs, gap))
+    Ok(Download { secs, gap, killed_at, trace })
+}
+
+/// Per-leg throughput (Mbit/s over 50 ms windows) through the failover, as a PNG: one line per leg, the
+/// kill marked by a vertical line.
+fn plot_failover(d: &Download, dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
+    let legs = d.trace.iter().map(|(_, b)| b.len()).max().unwrap_or(0);
+    let step = 5; // samples of 10 ms per window
+    let series: Vec<Vec<(f64, f64)>> = (0..legs)
+        .map(|leg| {
+            d.trace
+                .windows(step + 1)
+                .step_by(step)
+                .map(|w| {
+                    let (t0, b0) = &w[0];
+                    let (t1, b1) = &w[step];
+                    let bytes = b1.get(leg).copied().unwrap_or(0).saturating_sub(b0.get(leg).copied().unwrap_or(0));
+                    (*t1, bytes as f64 * 8.0 / (t1 - t0) / 1e6)
+                })
+                .collect()
+        })
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    let mut canvas = super::plot::Canvas::new(800, 400);
+    canvas.chart(&series, &d.killed_at.into_iter().collect::<Vec<_>>());
+    let path = dir.join("multipath_failover.png");
+    canvas.write_png(&path)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 /// `multipath_aggregate_vs_single`.
@@ -122,10 +178,10 @@ pub fn aggregate_vs_single(effort: Effort) -> Result<Figure, Box<dyn Error>> {
     for _ in 0..effort.runs {
         let paths = [path(1, delay, Some(RATE_BPS))?, path(2, delay, Some(RATE_BPS))?];
         let (c, s) = tunnel_over(&paths, Scheduler::WeightedRoundRobin)?;
-        two.push(len as f64 * 8.0 / download(&c, &s, len, false)?.0);
+        two.push(len as f64 * 8.0 / download(&c, &s, len, false)?.secs);
         let single = [path(3, delay, Some(RATE_BPS))?];
         let (c, s) = tunnel_over(&single, Scheduler::WeightedRoundRobin)?;
-        one.push(len as f64 * 8.0 / download(&c, &s, len, false)?.0);
+        one.push(len as f64 * 8.0 / download(&c, &s, len, false)?.secs);
     }
     let ratios: Vec<f64> = two.iter().zip(&one).map(|(t, o)| t / o).collect();
     let (t, o) = (Stats::of(&two), Stats::of(&one));
@@ -152,10 +208,17 @@ pub fn aggregate_vs_single(effort: Effort) -> Result<Figure, Box<dyn Error>> {
 pub fn failover_stall(effort: Effort) -> Result<Figure, Box<dyn Error>> {
     let len = effort.bytes / 2;
     let mut stalls = Vec::new();
-    for _ in 0..effort.runs {
-        let paths = [path(1, Duration::from_millis(5), None)?, path(2, Duration::from_millis(5), None)?];
+    for run in 0..effort.runs {
+        let delay = Duration::from_millis(5);
+        let paths = [path(1, delay, Some(RATE_BPS))?, path(2, delay, Some(RATE_BPS))?];
         let (c, s) = tunnel_over(&paths, Scheduler::LowRtt)?;
-        stalls.push(download(&c, &s, len, true)?.1.as_secs_f64());
+        let d = download(&c, &s, len, true)?;
+        if run == 0
+            && let Some(dir) = effort.plot
+        {
+            plot_failover(&d, dir)?;
+        }
+        stalls.push(d.gap.as_secs_f64());
     }
     let st = Stats::of(&stalls);
     Ok(Figure {
@@ -168,6 +231,7 @@ pub fn failover_stall(effort: Effort) -> Result<Figure, Box<dyn Error>> {
         detail: json!({
             "stall_s": st,
             "path_rtt_ms": 10,
+            "path_rate_mbit_s": RATE_BPS / 1_000_000,
             "bytes_per_run": len,
             "how": "the leg carrying the data is killed (its socket shut) when half has arrived; longest gap between reads in the next 4 MiB",
         }),
