@@ -14,9 +14,11 @@ fi
 
 # Real peers the interop tests run against (curl, socat, iproute2 for the
 # namespaces, tcpdump to read our pcap files) and g++ (libFuzzer for the fuzz
-# smoke pass) and netcat-openbsd (the preload shim's nc tests), installed by
-# name when we are root. python3 is on every fresh machine.
-APT_PACKAGES=(curl socat iproute2 tcpdump g++ netcat-openbsd)
+# smoke pass) and the programs the preload shim's tests run (netcat-openbsd,
+# redis-server and redis-tools, nginx-light, iperf3; tcpdump also counts the
+# leak test's packets), installed by name when we are root. python3 is on
+# every fresh machine.
+APT_PACKAGES=(curl socat iproute2 tcpdump g++ netcat-openbsd redis-server redis-tools nginx-light iperf3)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     step "apt-get install ${APT_PACKAGES[*]}"
     missing=()

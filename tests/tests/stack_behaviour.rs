@@ -82,3 +82,28 @@ fn the_recovery_assist_can_be_switched_off() {
         }
     }
 }
+
+/// `TcpListener::close` from another thread: an `accept` blocked in a
+/// thread fails at once, connections are refused, and the port is free for
+/// a new listener right away (the preload shim relies on this when a
+/// program closes a listener and listens again, as iperf3 does).
+#[test]
+fn closing_a_listener_wakes_its_accept_refuses_connections_and_frees_the_port() {
+    let (a, b) = stack_pair(None);
+    let addr = "10.7.0.1:5002".parse().unwrap();
+    let listener = std::sync::Arc::new(TcpListener::bind(&a, addr).unwrap());
+    let waiting = listener.clone();
+    let blocked = std::thread::spawn(move || waiting.accept().map(|_| ()).unwrap_err().kind());
+    listener.close();
+    assert_eq!(blocked.join().unwrap(), std::io::ErrorKind::NotConnected);
+    let refused = TcpStream::connect(&b, addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    let again = TcpListener::bind(&a, addr).unwrap();
+    let mut c = TcpStream::connect(&b, addr).unwrap();
+    let (mut s, _) = again.accept().unwrap();
+    c.write_all(b"new").unwrap();
+    let mut buf = [0u8; 3];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"new");
+    drop(listener); // a second close (on drop) is harmless
+}

@@ -19,6 +19,7 @@ mod multipath;
 mod plot;
 mod raw_smoltcp;
 mod raw_tap;
+mod shim;
 mod soak;
 mod tap;
 mod tap_setup;
@@ -136,7 +137,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
     type Measure = fn(Effort) -> Result<Figure, Box<dyn std::error::Error>>;
-    let measured: [(&'static str, &'static str, f64, Better, Measure); 7] = [
+    let measured: [(&'static str, &'static str, f64, Better, Measure); 8] = [
         ("memlink_tcp_vs_raw_smoltcp", "ratio", 0.9, Better::Higher, memlink::tcp_vs_raw_smoltcp),
         ("udp_mtu1400_tcp_vs_raw_udp", "ratio", 0.8, Better::Higher, udp::mtu1400_tcp_vs_raw_udp),
         ("udp_jumbo_tcp_vs_kernel_tcp", "ratio", 0.5, Better::Higher, udp::jumbo_tcp_vs_kernel_tcp),
@@ -144,6 +145,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ("tls_cells_vs_kernel_tls", "ratio", 0.8, Better::Higher, tls_cells::cells_vs_kernel_tls),
         ("multipath_aggregate_vs_single", "ratio", 1.8, Better::Higher, multipath::aggregate_vs_single),
         ("multipath_failover_stall_s", "s", 1.0, Better::Lower, multipath::failover_stall),
+        ("shim_iperf3_vs_api", "ratio", 0.7, Better::Higher, shim::iperf3_vs_api),
     ];
     for (name, unit, goal, better, measure) in measured {
         if !wanted(name) {
@@ -182,7 +184,6 @@ fn not_yet_built() -> Vec<Figure> {
     use Better::*;
     vec![
         Figure::not_built("hol_p99_dtls_vs_tls_2pct", "ratio", 0.33, Lower, "the DTLS link"),
-        Figure::not_built("shim_iperf3_vs_api", "ratio", 0.7, Higher, "the LD_PRELOAD shim"),
         Figure::not_built("conns_10k_vs_10_goodput", "ratio", 0.8, Higher, "the flow table"),
         Figure::not_built("rss_per_idle_conn_kib", "KiB", 64.0, Lower, "the flow table"),
         Figure::not_built("connect_rate_vs_kernel", "ratio", 0.5, Higher, "the flow table"),

@@ -80,6 +80,9 @@ impl TcpListener {
         let wait = Wait::io(self.options.nonblocking(), self.options.read_timeout());
         let stack = &self.stack;
         block_on(stack, &self.accept_event, wait, |core| {
+            if !core.has_listener(self.id) {
+                return Some(Err(io::Error::new(io::ErrorKind::NotConnected, "the listener was closed")));
+            }
             let (handle, tuple) = core.take_accepted(self.id)?;
             let local = to_std(tuple.0, tuple.1);
             let peer = to_std(tuple.2, tuple.3);
@@ -109,12 +112,23 @@ impl TcpListener {
         self.options.set_nonblocking(nonblocking);
         Ok(())
     }
+
+    /// Stops listening now, from any thread: the port is free when this
+    /// returns, connections not accepted yet are reset, and `accept` (also
+    /// one blocked in another thread) fails with `NotConnected`. Dropping
+    /// the listener does the same.
+    pub fn close(&self) {
+        let mut core = self.stack.shared().lock();
+        core.close_listener(self.id);
+        self.accept_event.notify();
+        drop(core);
+        self.stack.wake_driver();
+    }
 }
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
-        self.stack.shared().lock().close_listener(self.id);
-        self.stack.wake_driver();
+        self.close();
     }
 }
 

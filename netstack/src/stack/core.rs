@@ -131,6 +131,11 @@ impl Core {
         (id, accept_event)
     }
 
+    /// Whether listener `id` is open.
+    pub(crate) fn has_listener(&self, id: u64) -> bool {
+        self.listeners.contains_key(&id)
+    }
+
     /// Takes the oldest fully established connection of listener `id`.
     pub(crate) fn take_accepted(&mut self, id: u64) -> Option<(SocketHandle, FourTuple)> {
         let listener = self.listeners.get_mut(&id)?;

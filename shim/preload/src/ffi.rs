@@ -470,7 +470,181 @@ pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
     match decision {
         // SAFETY: glibc turns a numeric string into a hostent without any lookup.
         Ok(Lookup::Numeric(ip)) => unsafe { real::gethostbyname(ip.as_ptr()) },
-        Ok(Lookup::Refuse) => std::ptr::null_mut(),
+        Ok(Lookup::Refuse) => {
+            sys::set_h_errno(HOST_NOT_FOUND);
+            std::ptr::null_mut()
+        }
         Ok(Lookup::Pass) | Err(_) => pass(),
     }
+}
+
+/// `HOST_NOT_FOUND` of `<netdb.h>`.
+const HOST_NOT_FOUND: c_int = 1;
+
+/// `names::lookup` for the `gethostbyname` family, outside the busy flag.
+fn name_decision(name: *const c_char) -> Option<Lookup> {
+    if name.is_null() {
+        return None;
+    }
+    let busy = enter()?;
+    // SAFETY: a non-null name is a C string.
+    let decision = catch_unwind(|| names::lookup(unsafe { CStr::from_ptr(name) })).ok();
+    drop(busy);
+    decision
+}
+
+/// Interposed `gethostbyname2(3)`, with the policy of `getaddrinfo`.
+///
+/// # Safety
+/// As gethostbyname2(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
+    match name_decision(name) {
+        // SAFETY: glibc turns a numeric string into a hostent without any lookup.
+        Some(Lookup::Numeric(ip)) => unsafe { real::gethostbyname2(ip.as_ptr(), af) },
+        Some(Lookup::Refuse) => {
+            sys::set_h_errno(HOST_NOT_FOUND);
+            std::ptr::null_mut()
+        }
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { real::gethostbyname2(name, af) },
+    }
+}
+
+/// Interposed `gethostbyname_r(3)`, with the policy of `getaddrinfo`.
+///
+/// # Safety
+/// As gethostbyname_r(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname_r(
+    name: *const c_char,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    match name_decision(name) {
+        // SAFETY: the caller's buffers; a numeric string is not looked up.
+        Some(Lookup::Numeric(ip)) => unsafe { real::gethostbyname_r(ip.as_ptr(), ret, buf, buflen, result, h_errnop) },
+        // SAFETY: the caller's result pointers.
+        Some(Lookup::Refuse) => unsafe { not_found(result, h_errnop) },
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop) },
+    }
+}
+
+/// Interposed `gethostbyname2_r(3)`, with the policy of `getaddrinfo`.
+///
+/// # Safety
+/// As gethostbyname2_r(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname2_r(
+    name: *const c_char,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    match name_decision(name) {
+        // SAFETY: the caller's buffers; a numeric string is not looked up.
+        Some(Lookup::Numeric(ip)) => unsafe {
+            real::gethostbyname2_r(ip.as_ptr(), af, ret, buf, buflen, result, h_errnop)
+        },
+        // SAFETY: the caller's result pointers.
+        Some(Lookup::Refuse) => unsafe { not_found(result, h_errnop) },
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop) },
+    }
+}
+
+/// The "no such host" answer of the reentrant lookups.
+///
+/// # Safety
+/// `result` and `h_errnop` are null or valid.
+unsafe fn not_found(result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int {
+    // SAFETY: the caller's pointers, checked for null.
+    unsafe {
+        if !result.is_null() {
+            *result = std::ptr::null_mut();
+        }
+        if !h_errnop.is_null() {
+            *h_errnop = HOST_NOT_FOUND;
+        }
+    }
+    libc::ENOENT
+}
+
+/// Whether a reverse lookup is refused (strict mode), outside the busy flag.
+fn reverse_refused() -> bool {
+    let Some(busy) = enter() else { return false };
+    let refuse = catch_unwind(names::refuse_reverse).unwrap_or(false);
+    drop(busy);
+    refuse
+}
+
+/// Interposed `gethostbyaddr(3)`: strict mode finds no name (no DNS).
+///
+/// # Safety
+/// As gethostbyaddr(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyaddr(addr: *const c_void, len: socklen_t, ty: c_int) -> *mut hostent {
+    if reverse_refused() {
+        sys::set_h_errno(HOST_NOT_FOUND);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::gethostbyaddr(addr, len, ty) }
+}
+
+/// Interposed `gethostbyaddr_r(3)`: strict mode finds no name (no DNS).
+///
+/// # Safety
+/// As gethostbyaddr_r(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const c_void,
+    len: socklen_t,
+    ty: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    if reverse_refused() {
+        // SAFETY: the caller's result pointers.
+        return unsafe { not_found(result, h_errnop) };
+    }
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::gethostbyaddr_r(addr, len, ty, ret, buf, buflen, result, h_errnop) }
+}
+
+/// Interposed `getnameinfo(3)`: in strict mode the host part is always
+/// numeric (`NI_NAMEREQD` fails with `EAI_NONAME`); service names come
+/// from files and are left alone.
+///
+/// # Safety
+/// As getnameinfo(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getnameinfo(
+    sa: *const sockaddr,
+    salen: socklen_t,
+    host: *mut c_char,
+    hostlen: socklen_t,
+    serv: *mut c_char,
+    servlen: socklen_t,
+    flags: c_int,
+) -> c_int {
+    let mut flags = flags;
+    if !host.is_null() && hostlen > 0 && flags & libc::NI_NUMERICHOST == 0 && reverse_refused() {
+        if flags & libc::NI_NAMEREQD != 0 {
+            return libc::EAI_NONAME;
+        }
+        flags |= libc::NI_NUMERICHOST;
+    }
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::getnameinfo(sa, salen, host, hostlen, serv, servlen, flags) }
 }

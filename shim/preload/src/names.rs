@@ -38,3 +38,16 @@ pub(crate) fn lookup(name: &CStr) -> Lookup {
     );
     Lookup::Refuse
 }
+
+/// Whether a reverse lookup (address to name) must be answered without
+/// asking DNS: in strict mode nothing may reach a resolver. Logged once.
+pub(crate) fn refuse_reverse() -> bool {
+    if !runtime::policy().strict {
+        return false;
+    }
+    log_once(
+        "reverse",
+        "strict: reverse lookups (gethostbyaddr, getnameinfo) get no name, only the numeric address (no DNS through the kernel)",
+    );
+    true
+}

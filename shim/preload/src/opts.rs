@@ -182,13 +182,23 @@ unsafe fn put(val: *mut c_void, len: *mut socklen_t, value: &[u8]) -> Result<(),
     Ok(())
 }
 
-/// A zeroed `struct tcp_info` with the state byte set.
-fn tcp_info(established: bool) -> Vec<u8> {
+/// `struct tcp_info` (Linux layout, 232 bytes) with what plebnet knows:
+/// the state, the MSS both ways and the path MTU. Counters plebnet does not expose per connection (RTT, window,
+/// retransmissions) stay zero, which programs such as iperf3 print as 0.
+fn tcp_info(entry: &Entry) -> Vec<u8> {
     let mut info = vec![0u8; 232];
-    info[0] = if established { 1 } else { 10 }; // TCP_ESTABLISHED / TCP_LISTEN
-    let mss = (runtime::mtu().saturating_sub(40) as u32).to_ne_bytes();
+    info[0] = match &entry.kind {
+        Kind::Stream(c) => c.linux_state(),
+        Kind::Listener(_) => 10, // TCP_LISTEN
+        _ => 7,                  // TCP_CLOSE
+    };
+    let overhead = if entry.family == libc::AF_INET6 { 60 } else { 40 };
+    let mtu = runtime::mtu() as u32;
+    let mss = mtu.saturating_sub(overhead).to_ne_bytes();
     info[16..20].copy_from_slice(&mss); // tcpi_snd_mss
     info[20..24].copy_from_slice(&mss); // tcpi_rcv_mss
+    info[60..64].copy_from_slice(&mtu.to_ne_bytes()); // tcpi_pmtu
+    info[84..88].copy_from_slice(&mss); // tcpi_advmss
     info
 }
 
@@ -230,7 +240,9 @@ pub(crate) unsafe fn get(
             }
             return Ok(());
         }
-        (libc::IPPROTO_TCP, libc::TCP_INFO) => tcp_info(!matches!(entry.kind, Kind::Listener(_))),
+        // TCP options on a UDP socket: as Linux.
+        (libc::IPPROTO_TCP, _) if proto == Proto::Udp => return Err(libc::ENOPROTOOPT),
+        (libc::IPPROTO_TCP, libc::TCP_INFO) => tcp_info(entry),
         (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => {
             let opts = entry.opts.lock().unwrap_or_else(|e| e.into_inner());
             match opts.get(level, name) {
@@ -243,7 +255,11 @@ pub(crate) unsafe fn get(
         }
         (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
             let opts = entry.opts.lock().unwrap_or_else(|e| e.into_inner());
-            opts.get(level, name).map_or_else(|| b"reno\0".to_vec(), |v| v.to_vec())
+            // A NUL-padded name of TCP_CA_NAME_MAX (16) bytes, as Linux gives.
+            let mut name = opts.get(level, name).map_or_else(|| b"reno".to_vec(), |v| v.to_vec());
+            name.truncate(name.iter().position(|&b| b == 0).unwrap_or(name.len()).min(15));
+            name.resize(16, 0);
+            name
         }
         (libc::IPPROTO_TCP, libc::TCP_NODELAY) => int(match &entry.kind {
             Kind::Stream(c) => c.nodelay() as c_int,

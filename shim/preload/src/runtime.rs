@@ -112,6 +112,12 @@ pub(crate) fn strict() -> bool {
     settings().is_some_and(|c| c.preload.strict)
 }
 
+/// True in a child forked after the stack started (its threads, and
+/// possibly its locks' holders, live in the parent only).
+pub(crate) fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
 /// Starts the node's stacks if not started yet (the first INET socket).
 pub(crate) fn ensure_started() {
     if settings().is_some() && !FORKED.load(Ordering::Relaxed) {
@@ -293,6 +299,21 @@ extern "C" fn at_exit() {
         {
             pause();
         }
+    }
+    if std::time::Instant::now() >= deadline {
+        debug(|| {
+            let socks: Vec<String> = node
+                .interfaces
+                .iter()
+                .flat_map(|i| i.stack.tcp_socket_info())
+                .map(|s| format!("{:?}->{:?} {} sendq {}", s.local, s.remote, s.state, s.send_queue))
+                .collect();
+            format!(
+                "exit: gave up after {EXIT_LINGER:?}: {} pump(s) writing; {}",
+                LIVE_WRITERS.load(Ordering::Acquire),
+                socks.join(", ")
+            )
+        });
     }
 }
 

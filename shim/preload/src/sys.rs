@@ -40,7 +40,7 @@ macro_rules! real_fns {
             use libc::{addrinfo, c_char, c_int, c_ulong, c_void, hostent, msghdr, size_t, sockaddr, socklen_t, ssize_t};
             $(
                 #[doc = concat!("The real `", stringify!($name), "`.")]
-                #[allow(clippy::missing_safety_doc)]
+                #[allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
                 pub(crate) unsafe fn $name($($a: $t),*) -> $r {
                     static SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
                     let f = super::resolve(&SLOT, concat!(stringify!($name), "\0"));
@@ -77,6 +77,23 @@ real_fns! {
     recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
     getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int;
     gethostbyname(name: *const c_char) -> *mut hostent;
+    gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent;
+    gethostbyname_r(name: *const c_char, ret: *mut hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyname2_r(name: *const c_char, af: c_int, ret: *mut hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyaddr(addr: *const c_void, len: socklen_t, ty: c_int) -> *mut hostent;
+    gethostbyaddr_r(addr: *const c_void, len: socklen_t, ty: c_int, ret: *mut hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int;
+    getnameinfo(sa: *const sockaddr, salen: socklen_t, host: *mut c_char, hostlen: socklen_t, serv: *mut c_char, servlen: socklen_t, flags: c_int) -> c_int;
+}
+
+unsafe extern "C" {
+    /// glibc's thread-local `h_errno`.
+    fn __h_errno_location() -> *mut c_int;
+}
+
+/// Sets the calling thread's `h_errno`.
+pub(crate) fn set_h_errno(v: c_int) {
+    // SAFETY: glibc returns a valid pointer to this thread's h_errno.
+    unsafe { *__h_errno_location() = v };
 }
 
 /// The calling thread's errno.

@@ -136,6 +136,28 @@ impl Conn {
         self.nodelay.load(Ordering::Relaxed)
     }
 
+    /// The connection's state as Linux numbers it in `tcpi_state`.
+    pub(crate) fn linux_state(&self) -> u8 {
+        use plebnet_netstack::smoltcp::socket::tcp::State as S;
+        match &*self.lock() {
+            State::Connecting => 2,
+            State::Failed(..) => 7,
+            State::Connected(s) => match s.state() {
+                S::Established => 1,
+                S::SynSent => 2,
+                S::SynReceived => 3,
+                S::FinWait1 => 4,
+                S::FinWait2 => 5,
+                S::TimeWait => 6,
+                S::Closed => 7,
+                S::CloseWait => 8,
+                S::LastAck => 9,
+                S::Listen => 10,
+                S::Closing => 11,
+            },
+        }
+    }
+
     /// The local address once connected.
     pub(crate) fn local(&self) -> Option<SocketAddr> {
         match &*self.lock() {
@@ -358,6 +380,8 @@ pub(crate) struct Listener {
     /// Descriptor numbers referring to it.
     refs: AtomicUsize,
     closed: AtomicBool,
+    /// The plebnet listener, closed (port freed) with the last descriptor.
+    plebnet: TcpListener,
 }
 
 impl Listener {
@@ -370,6 +394,14 @@ impl Listener {
     pub(crate) fn drop_ref(&self) {
         if self.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.closed.store(true, Ordering::Release);
+            // At once, as the kernel does: a program may listen on the same
+            // port again right away (iperf3 between tests), and a SYN that
+            // arrives now must be refused, not queued for a dead acceptor.
+            // Not in a forked child: the stack is the parent's (and its
+            // lock may have been held by a thread that did not fork).
+            if !runtime::forked() {
+                self.plebnet.close();
+            }
         }
     }
 }
@@ -393,18 +425,19 @@ pub(crate) fn listen(fd: RawFd, entry: &Entry, stack: &Stack, local: SocketAddr,
         pending: Mutex::new(HashMap::new()),
         refs: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
+        plebnet: l,
     });
     let new = Entry { kind: Kind::Listener(lst.clone()), ..entry.clone() };
     opts::replay(fd, &new);
     table::insert(fd, new);
     debug(|| format!("fd {fd}: listening on {bound} over plebnet"));
-    spawn("plebnet-accept", move || acceptor(&l, &lst))
+    spawn("plebnet-accept", move || acceptor(&lst))
 }
 
 /// Hands each plebnet connection to the program's Unix listener.
-fn acceptor(l: &TcpListener, lst: &Listener) {
+fn acceptor(lst: &Listener) {
     while !lst.closed.load(Ordering::Acquire) {
-        match l.accept() {
+        match lst.plebnet.accept() {
             Ok((stream, peer)) => {
                 let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 let Ok(c) = sys::unix_socket() else { continue };
@@ -424,6 +457,7 @@ fn acceptor(l: &TcpListener, lst: &Listener) {
                 }
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) if lst.closed.load(Ordering::Acquire) => break,
             Err(e) => {
                 log_once("accept", &format!("plebnet accept failed: {e}"));
                 break;
