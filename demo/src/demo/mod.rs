@@ -100,9 +100,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (exit_tls, exit_pin) = roles::identity("exit.demo").map_err(|e| e.to_string())?;
     let target = roles::serve_target(&net.exit, net.exit_addr, args.seed, len).map_err(|e| e.to_string())?;
     roles::run_exit(net.exit.clone(), net.exit_addr, exit_tls).map_err(|e| e.to_string())?;
-    let (listener, exit_channel, relay_tunnels) =
-        roles::run_relay(net.relay.clone(), &net.relay_addrs, &relay_tls, net.exit_addr, exit_pin)
-            .map_err(|e| e.to_string())?;
+    let relay = roles::run_relay(net.relay.clone(), &net.relay_addrs, &relay_tls, net.exit_addr, exit_pin)
+        .map_err(|e| e.to_string())?;
 
     let paths: Vec<SocketAddr> = net.relay_addrs.iter().map(|a| SocketAddr::new(*a, roles::RELAY_PORT)).collect();
     let tls = client_config_pinned(relay_pin);
@@ -119,7 +118,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     tunnel.wait_legs(args.legs, Duration::from_secs(20))?;
     let received = receive(&tunnel, args, len)?;
     let sent = target.join().map_err(|_| "the target panicked")??;
-    let relay_tunnel = relay_tunnels.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
+    let relay_tunnel = relay.tunnels.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
     let ok = received.bytes == len && received.hash == sent;
     summarize(&received, &sent, ok, &tunnel, relay_tunnel.as_ref(), &[&net.client, &net.relay, &net.exit]);
     if let Some(t) = &relay_tunnel {
@@ -127,12 +126,12 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("  relay tunnel event: {e:?}");
         }
     }
-    let channel = exit_channel.stats();
+    let channel = relay.exit.stats();
     println!(
         "  relay -> exit channel: {} cells out, {} in; tunnels refused by the relay: {}",
         channel.cells_out,
         channel.cells_in,
-        listener.stats().refused
+        relay.listener.stats().refused
     );
     if ok {
         println!("\n  RESULT: {} MiB arrived intact through the relay network (sha256 match)", args.size);

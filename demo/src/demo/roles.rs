@@ -5,7 +5,7 @@
 use std::error::Error;
 use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -119,16 +119,23 @@ impl ExitChannel {
     }
 }
 
+/// A running relay: its multipath listener (for its counters), its channel to the exit, and the tunnels it
+/// accepted (filled as they arrive).
+pub struct Relay {
+    pub listener: TunnelListener,
+    pub exit: Arc<ExitChannel>,
+    pub tunnels: Arc<Mutex<Vec<Tunnel>>>,
+}
+
 /// The relay: a multipath listener on every relay address, and a TLS cell channel to the exit; each stream
-/// of each tunnel becomes a circuit to the exit. Returns the listener (for its counters), the channel and
-/// the accepted tunnels (filled as they arrive).
+/// of each tunnel becomes a circuit to the exit.
 pub fn run_relay(
     relay: Stack,
     addrs: &[IpAddr],
     tls: &rustls::ServerConfig,
     exit_addr: IpAddr,
     exit_pin: Pin,
-) -> Result<(TunnelListener, Arc<ExitChannel>, Arc<std::sync::Mutex<Vec<Tunnel>>>)> {
+) -> Result<Relay> {
     let listener = TunnelListener::new(TunnelConfig::default());
     for a in addrs {
         listener.serve(relay.tcp_listen(SocketAddr::new(*a, RELAY_PORT))?, tls)?;
@@ -137,7 +144,7 @@ pub fn run_relay(
     tcp.set_nodelay(true)?;
     let (reader, writer) = TlsCellStream::connect(tcp, "exit.demo", client_config_pinned(exit_pin))?.split()?;
     let exit = Arc::new(ExitChannel { channel: CellChannel::new(reader, writer)? });
-    let tunnels = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tunnels = Arc::new(Mutex::new(Vec::new()));
     let (l, e, t) = (listener.clone(), exit.clone(), tunnels.clone());
     thread::spawn(move || {
         let mut next_circuit = 0x8000_0001u32;
@@ -160,7 +167,7 @@ pub fn run_relay(
             });
         }
     });
-    Ok((listener, exit, tunnels))
+    Ok(Relay { listener, exit, tunnels })
 }
 
 fn relay_stream(exit: &ExitChannel, circ_id: u32, stream: TunnelStream, target: &str) -> Result<()> {
