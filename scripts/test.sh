@@ -24,8 +24,18 @@ if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     missing=()
     for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ "${#missing[@]}" -gt 0 ]; then
+        # redis-server, nginx and iperf3 ship services: tell their install
+        # scripts not to start them (policy-rc.d exit 101, the Debian way),
+        # since the tests start their own copies and a container may have no
+        # init. A policy file already in place is left alone.
+        policy=/usr/sbin/policy-rc.d
+        made_policy=
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+        fi
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        if [ -n "$made_policy" ]; then rm -f "$policy"; fi
     fi
 fi
 
