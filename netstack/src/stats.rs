@@ -91,6 +91,28 @@ crate::counters! {
         syn_dropped_duplicate,
         /// SYNs to a listener whose backlog was full.
         syn_dropped_backlog_full,
+        /// Half-open (SYN-RECEIVED) connections a listener with a full
+        /// backlog dropped silently to make room for new SYNs.
+        syn_half_open_evicted,
+        /// RSTs whose sequence number was inside the receive window but not
+        /// exactly RCV.NXT (RFC 5961 3.2): not delivered, answered with a
+        /// challenge ACK.
+        rst_challenged,
+        /// RSTs outside the receive window: dropped silently (RFC 5961 3.2).
+        rst_dropped_out_of_window,
+        /// RSTs exactly at RCV.NXT, delivered: they reset their connection.
+        rst_accepted,
+        /// SYNs on a synchronized connection (RFC 5961 4.2): not delivered,
+        /// answered with a challenge ACK.
+        syn_challenged,
+        /// Challenge ACKs sent (RFC 5961 3.2, 4.2).
+        challenge_acks_sent,
+        /// Challenge ACKs not sent because the stack's rate limit
+        /// (`tcp_challenge_ack_limit` per second) was used up (RFC 5961 7).
+        challenge_acks_suppressed,
+        /// RSTs and SYNs dropped because more arrived in one poll than the
+        /// stack holds for checking (4096).
+        rx_dropped_held_full,
         /// Times the driver thread woke from sleep.
         driver_wakeups,
         /// Driver loop iterations (each polls smoltcp once).

@@ -6,6 +6,7 @@ pub mod cells;
 pub mod http;
 pub mod netns;
 pub mod suite;
+pub mod tap;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -108,6 +109,27 @@ pub fn stack_pair_with(impair: Option<ImpairConfig>, adjust: impl Fn(&mut StackC
             let cfg_b = ImpairConfig { seed: cfg.seed.wrapping_add(1), ..cfg.clone() };
             (Stack::new(ca, Impair::new(na, cfg)).unwrap(), Stack::new(cb, Impair::new(nb, cfg_b)).unwrap())
         }
+    }
+}
+
+/// [`stack_pair_with`] with stack A's NIC wrapped in a [`tap::Tap`]: the
+/// handle injects packets into A as if they came from the link.
+pub fn tapped_pair(adjust: impl Fn(&mut StackConfig)) -> (Stack, Stack, tap::TapHandle) {
+    let (na, nb) = MemLink::pair(MemLinkConfig::default());
+    let mut ca = StackConfig::with_address("10.7.0.1/24").address("fd07::1/64").named("a");
+    let mut cb = StackConfig::with_address("10.7.0.2/24").address("fd07::2/64").named("b");
+    adjust(&mut ca);
+    adjust(&mut cb);
+    let (na, handle) = tap::Tap::new(na);
+    (Stack::new(ca, na).unwrap(), Stack::new(cb, nb).unwrap(), handle)
+}
+
+/// Waits, yielding the CPU, until `done` holds; panics after `limit`.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::yield_now();
     }
 }
 

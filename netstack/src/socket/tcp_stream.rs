@@ -118,6 +118,7 @@ impl TcpStream {
             }
             let local = socket.local_endpoint().map(|e| to_std(e.addr, e.port)).unwrap_or(addr);
             let handle = core.sockets.add(socket);
+            core.index_active(handle);
             let timeout = timeout.unwrap_or(core.config.connect_timeout);
             (TcpStream::from_parts(stack.clone(), handle, Some(port), None, local, addr), timeout)
         };
@@ -275,7 +276,10 @@ impl TcpStream {
                 socket.register_recv_waker(&inner.signal.rx_waker);
                 None
             }
-            Ok(n) => Some(Ok(n)),
+            Ok(n) => {
+                core.note_read(inner.handle, n);
+                Some(Ok(n))
+            }
             Err(RecvError::Finished) => Some(Ok(0)),
             Err(RecvError::InvalidState) => match socket.state() {
                 tcp::State::SynSent | tcp::State::SynReceived => {

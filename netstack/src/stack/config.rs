@@ -119,6 +119,11 @@ pub struct StackConfig {
     /// docs/architecture.md). On by default. Resending a lost FIN is not
     /// part of it: that is a correctness fix and always on.
     pub tcp_recovery_assist: bool,
+    /// Challenge ACKs (RFC 5961) the stack may send per second, in total
+    /// over all its connections; beyond it, in-window RSTs and SYNs on
+    /// established connections are still dropped, but unanswered
+    /// (`challenge_acks_suppressed`). Linux's default is 1000. 0 sends none.
+    pub tcp_challenge_ack_limit: u32,
 }
 
 impl Default for StackConfig {
@@ -138,6 +143,7 @@ impl Default for StackConfig {
             orphan_linger: Duration::from_secs(60),
             seed: None,
             tcp_recovery_assist: true,
+            tcp_challenge_ack_limit: 1000,
         }
     }
 }

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{IpAddress, IpListenEndpoint};
+use smoltcp::wire::{IpAddress, IpListenEndpoint, TcpSeqNumber};
 
 use super::config::StackConfig;
-use super::device::SynGuard;
+use super::device::{StackDevice, SynGuard, Verdict};
 use super::fin_keeper::{FinKeeper, SocketCheck};
-use super::ingress::FourTuple;
+use super::ingress::{FourTuple, TcpMeta};
 use super::ports::PortTable;
+use crate::nic::Nic;
 use crate::stats::StackCounters;
 use crate::wake::Event;
 
@@ -154,6 +155,9 @@ impl Core {
         guard.available.clear();
         for listener in self.listeners.values_mut() {
             sort_pool(listener, &mut self.sockets, guard, &mut self.index);
+            if guard.pressed.contains(&listener.endpoint.port) {
+                evict_half_open(listener, &mut self.sockets, guard, &mut self.index, &self.counters);
+            }
             refill_pool(listener, &mut self.sockets, &self.config);
             *guard.available.entry(listener.endpoint.port).or_default() += listener.pool.len();
             let ready = listener
@@ -166,6 +170,7 @@ impl Core {
             }
             listener.notified_ready = ready;
         }
+        guard.pressed.clear();
         guard.new_batch();
     }
 
@@ -217,7 +222,77 @@ impl Core {
         }
     }
 
-    /// After each poll: tells the FIN keeper what the socket of each 4-tuple
+    /// Records an active open, so that RFC 5961 checks and the FIN keeper
+    /// find its socket by 4-tuple from the start.
+    pub(crate) fn index_active(&mut self, handle: SocketHandle) {
+        if let Some(tuple) = tuple_of(self.sockets.get::<tcp::Socket>(handle)) {
+            self.index.insert(tuple, handle, None);
+        }
+    }
+
+    /// The application read `n` bytes from `handle`: smoltcp's RCV.NXT is
+    /// IRS + 1 + bytes read + bytes queued (+ 1 after a FIN).
+    pub(crate) fn note_read(&mut self, handle: SocketHandle, n: usize) {
+        if let Some(e) = self.index.by_handle.get_mut(&handle) {
+            e.read = e.read.wrapping_add(n as u32);
+        }
+    }
+
+    /// After each poll (and [`maintain_listeners`](Self::maintain_listeners)):
+    /// learns the IRS of active opens from this poll's SYN|ACKs, then judges
+    /// the RSTs and SYNs the device held back (RFC 5961).
+    pub(crate) fn settle_held<N: Nic>(&mut self, device: &mut StackDevice<N>, now: Instant) {
+        for (tuple, seq) in device.guard.synacks.drain(..) {
+            self.index.learn_active_irs(&self.sockets, &tuple, seq);
+        }
+        device.settle(now, |meta| self.verdict(meta));
+        device.forget_flows(self.index.gone.drain(..));
+    }
+
+    /// RFC 5961 for one held segment: an RST is accepted only at exactly
+    /// RCV.NXT, challenged inside the receive window and dropped outside
+    /// it; a SYN on a synchronized connection is challenged. Segments for
+    /// no connection, or one not synchronized yet, go to smoltcp.
+    fn verdict(&self, meta: &TcpMeta) -> Verdict {
+        let Lookup::Found(h) = self.index.find(&self.sockets, &HashSet::new(), &meta.tuple) else {
+            return Verdict::Deliver;
+        };
+        let socket = self.sockets.get::<tcp::Socket>(h);
+        let state = socket.state();
+        if matches!(state, tcp::State::Closed | tcp::State::Listen | tcp::State::SynSent) {
+            return Verdict::Deliver;
+        }
+        let rcv_nxt = self.index.rcv_nxt(h, socket);
+        if !meta.rst {
+            // A SYN without ACK (the device holds no other kind).
+            return match rcv_nxt {
+                Some(ack) if state != tcp::State::SynReceived => {
+                    self.counters.syn_challenged.inc();
+                    Verdict::Challenge(ack)
+                }
+                // A retransmitted SYN of a handshake in progress.
+                _ => {
+                    self.counters.syn_dropped_duplicate.inc();
+                    Verdict::Drop
+                }
+            };
+        }
+        let Some(rcv_nxt) = rcv_nxt else { return Verdict::Deliver };
+        let offset = meta.seq.0.wrapping_sub(rcv_nxt.0);
+        // The receive window: what smoltcp can still buffer.
+        let window = (socket.recv_capacity() - socket.recv_queue()).max(1);
+        if offset == 0 {
+            self.counters.rst_accepted.inc();
+            Verdict::Deliver
+        } else if offset > 0 && (offset as usize) < window {
+            self.counters.rst_challenged.inc();
+            Verdict::Challenge(rcv_nxt)
+        } else {
+            self.counters.rst_dropped_out_of_window.inc();
+            Verdict::Drop
+        }
+    }
+
     /// it watches is doing, so that it resends a FIN only for a connection
     /// that is closing with nothing but the FIN outstanding, and forgets
     /// connections that are gone or no longer closing.
@@ -257,13 +332,31 @@ impl Core {
 /// socket from the set must go through [`forget`](Self::forget) first:
 /// smoltcp's `SocketSet::get` panics on a stale handle, so the index must
 /// never hold one.
+///
+/// Each entry also carries what plebnet needs to know the connection's
+/// RCV.NXT, which smoltcp keeps private: the peer's initial sequence number
+/// (IRS, from the SYN or SYN|ACK the device saw) and the bytes the
+/// application has read (see [`rcv_nxt`](Self::rcv_nxt)).
 #[derive(Debug, Default)]
 struct TcpIndex {
     by_tuple: HashMap<FourTuple, SocketHandle>,
-    by_handle: HashMap<SocketHandle, FourTuple>,
+    by_handle: HashMap<SocketHandle, Indexed>,
     /// Tuples whose socket was removed since the last review: known to be
     /// over, so looking them up needs no scan.
     departed: HashSet<FourTuple>,
+    /// Tuples whose socket was removed since the last poll, for the device
+    /// to forget their send state.
+    gone: Vec<FourTuple>,
+}
+
+/// One indexed connection.
+#[derive(Debug, Clone, Copy)]
+struct Indexed {
+    tuple: FourTuple,
+    /// The peer's initial sequence number, once known.
+    irs: Option<TcpSeqNumber>,
+    /// Bytes the application has read, modulo 2^32.
+    read: u32,
 }
 
 /// What the index knows about a 4-tuple.
@@ -279,23 +372,66 @@ enum Lookup {
 }
 
 impl TcpIndex {
-    fn insert(&mut self, tuple: FourTuple, handle: SocketHandle) {
-        if let Some(old) = self.by_handle.insert(handle, tuple)
-            && old != tuple
-        {
-            self.by_tuple.remove(&old);
+    /// Indexes `handle` under `tuple`. An entry that already has this
+    /// tuple keeps its IRS (unless `irs` is given) and read count; a socket
+    /// that moved to another connection starts afresh.
+    fn insert(&mut self, tuple: FourTuple, handle: SocketHandle, irs: Option<TcpSeqNumber>) {
+        let fresh = Indexed { tuple, irs, read: 0 };
+        match self.by_handle.get_mut(&handle) {
+            Some(e) if e.tuple == tuple => e.irs = irs.or(e.irs),
+            Some(e) => {
+                let old = e.tuple;
+                *e = fresh;
+                if self.by_tuple.get(&old) == Some(&handle) {
+                    self.by_tuple.remove(&old);
+                }
+            }
+            None => {
+                self.by_handle.insert(handle, fresh);
+            }
         }
         self.by_tuple.insert(tuple, handle);
     }
 
     /// Drops `handle`, which is about to be removed from the socket set.
     fn forget(&mut self, handle: SocketHandle) {
-        if let Some(tuple) = self.by_handle.remove(&handle)
-            && self.by_tuple.get(&tuple) == Some(&handle)
+        if let Some(e) = self.by_handle.remove(&handle)
+            && self.by_tuple.get(&e.tuple) == Some(&handle)
         {
-            self.by_tuple.remove(&tuple);
-            self.departed.insert(tuple);
+            self.by_tuple.remove(&e.tuple);
+            self.departed.insert(e.tuple);
+            self.gone.push(e.tuple);
         }
+    }
+
+    /// A SYN|ACK arrived for `tuple`: if it is an active open that has just
+    /// left SYN-SENT, its sequence number is the IRS.
+    fn learn_active_irs(&mut self, sockets: &SocketSet<'static>, tuple: &FourTuple, seq: TcpSeqNumber) {
+        let Some(&h) = self.by_tuple.get(tuple) else { return };
+        let state = sockets.get::<tcp::Socket>(h).state();
+        if let Some(e) = self.by_handle.get_mut(&h)
+            && e.tuple == *tuple
+            && e.irs.is_none()
+            && !matches!(state, tcp::State::SynSent | tcp::State::Closed | tcp::State::Listen)
+        {
+            e.irs = Some(seq);
+        }
+    }
+
+    /// The connection's RCV.NXT, computed the way smoltcp computes it
+    /// (`remote_seq_no + rx_buffer.len()`, where `remote_seq_no` starts at
+    /// IRS + 1 and grows by each byte read and by the peer's FIN): IRS + 1 +
+    /// bytes read + bytes queued + 1 once a FIN arrived. `None` while the
+    /// IRS is unknown.
+    fn rcv_nxt(&self, handle: SocketHandle, socket: &tcp::Socket) -> Option<TcpSeqNumber> {
+        let e = self.by_handle.get(&handle)?;
+        let irs = e.irs?;
+        let fin = matches!(
+            socket.state(),
+            tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+        );
+        let advance = 1u32.wrapping_add(e.read).wrapping_add(socket.recv_queue() as u32).wrapping_add(u32::from(fin));
+        Some(TcpSeqNumber(irs.0.wrapping_add(advance as i32)))
     }
 
     /// The socket whose endpoints are `tuple` now. The entry is checked: a
@@ -318,7 +454,7 @@ impl TcpIndex {
             if let smoltcp::socket::Socket::Tcp(t) = socket
                 && let Some(tuple) = tuple_of(t)
             {
-                self.insert(tuple, h);
+                self.insert(tuple, h, None);
             }
         }
     }
@@ -368,7 +504,7 @@ fn sort_pool(
                     continue;
                 }
                 guard.live.insert(tuple);
-                index.insert(tuple, h);
+                index.insert(tuple, h, guard.batch.get(&tuple).copied());
                 listener.pending.push_back((h, tuple));
             }
         }
@@ -392,6 +528,38 @@ fn sort_pool(
             }
             _ => j += 1,
         }
+    }
+}
+
+/// Half-open connections a pressed listener drops at once, at most.
+const EVICT_BATCH: usize = 8;
+
+/// A listener whose backlog refused SYNs makes room: its oldest half-open
+/// connections (SYN-RECEIVED, most likely spoofed SYNs that will never
+/// complete) are removed silently, without an RST, so that the next SYN,
+/// such as a real client's retransmission, finds a free listening socket.
+/// Established connections waiting for `accept` are never dropped.
+fn evict_half_open(
+    listener: &mut ListenerState,
+    sockets: &mut SocketSet<'static>,
+    guard: &mut SynGuard,
+    index: &mut TcpIndex,
+    counters: &StackCounters,
+) {
+    let mut evicted = 0;
+    let mut j = 0;
+    while j < listener.pending.len() && evicted < EVICT_BATCH {
+        let (h, tuple) = listener.pending[j];
+        if sockets.get::<tcp::Socket>(h).state() != tcp::State::SynReceived {
+            j += 1;
+            continue;
+        }
+        let _ = listener.pending.remove(j);
+        guard.live.remove(&tuple);
+        index.forget(h);
+        sockets.remove(h);
+        counters.syn_half_open_evicted.inc();
+        evicted += 1;
     }
 }
 

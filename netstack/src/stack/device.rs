@@ -9,6 +9,9 @@
 //!   retransmission) is dropped instead of reaching a second listening socket,
 //!   and SYNs beyond a listener's backlog are dropped and counted instead of
 //!   being answered with RST.
+//! * **RFC 5961**: RSTs, and SYNs no listener takes, are held out of smoltcp
+//!   and judged by the driver after the poll against the connection's
+//!   RCV.NXT ([`Verdict`]); challenge ACKs are rate-limited per stack.
 //!
 //! It also carries two helpers that watch the TCP segments passing to and
 //! from the NIC: the recovery assist ([`super::recovery`], optional) and the
@@ -20,51 +23,165 @@ use std::sync::Arc;
 
 use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, TxToken};
 use smoltcp::time::Instant;
-use smoltcp::wire::IpAddress;
+use smoltcp::wire::{IpAddress, TcpControl, TcpSeqNumber};
 
 use super::fin_keeper::FinKeeper;
-use super::ingress::{self, FourTuple, Refusal};
+use super::ingress::{self, FourTuple, Refusal, TcpMeta};
 use super::link::{ETHERNET_HEADER, Link, Payload};
 use super::recovery::{COPIES, Ingress, RecoveryAssist};
+use super::segment::{self, Bare};
 use crate::nic::Nic;
 use crate::stats::StackCounters;
 
-/// Admission control for connection-opening segments.
+/// Most RSTs and SYNs held for judging in one poll: when it is reached the
+/// device stops taking packets from the NIC until the driver has judged
+/// them (`rx_dropped_held_full` counts the drops a full area would cause,
+/// which this should keep at zero).
+pub(crate) const HELD_MAX: usize = 4096;
+
+/// A segment from the NIC that smoltcp does not see until the driver has
+/// checked it against its connection after the poll (RFC 5961): every RST,
+/// and every SYN that no listener takes.
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The whole frame, as the NIC delivered it.
+    pub(crate) frame: Vec<u8>,
+    pub(crate) meta: TcpMeta,
+}
+
+/// What the driver decided about a [`Held`] segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Hand it to smoltcp (in the next poll).
+    Deliver,
+    /// Drop it silently.
+    Drop,
+    /// Drop it and answer with a challenge ACK carrying this RCV.NXT.
+    Challenge(TcpSeqNumber),
+}
+
+/// Admission control for connection-opening segments, and the holding
+/// area of the RFC 5961 checks.
 #[derive(Debug, Default)]
 pub(crate) struct SynGuard {
     /// 4-tuples of passive connections that are alive.
     pub(crate) live: HashSet<FourTuple>,
     /// Listening sockets free per local port, refreshed after every poll.
     pub(crate) available: HashMap<u16, usize>,
-    /// SYNs admitted since the last refresh.
-    batch: HashSet<FourTuple>,
+    /// SYNs admitted since the last refresh, with their sequence numbers
+    /// (the peer's initial sequence number, IRS).
+    pub(crate) batch: HashMap<FourTuple, TcpSeqNumber>,
+    /// RSTs and unadmitted SYNs of this poll, judged after it.
+    pub(crate) held: Vec<Held>,
+    /// SYN|ACKs of this poll: the IRS of active opens.
+    pub(crate) synacks: Vec<(FourTuple, TcpSeqNumber)>,
+    /// Local ports whose listener refused SYNs for a full backlog since the
+    /// last refresh: they make room by dropping their oldest half-open
+    /// connections.
+    pub(crate) pressed: HashSet<u16>,
 }
 
 impl SynGuard {
-    /// Decides whether a SYN may reach smoltcp.
-    fn admit(&mut self, tuple: FourTuple, counters: &StackCounters) -> bool {
-        if self.live.contains(&tuple) || self.batch.contains(&tuple) {
+    /// Decides whether a looped-back SYN may reach smoltcp.
+    fn admit(&mut self, tuple: FourTuple, seq: TcpSeqNumber, counters: &StackCounters) -> bool {
+        if self.live.contains(&tuple) || self.batch.contains_key(&tuple) {
             counters.syn_dropped_duplicate.inc();
             return false;
         }
-        match self.available.get_mut(&tuple.1) {
-            // No listener: smoltcp answers with RST, as a closed port should.
-            None => true,
-            Some(0) => {
+        self.admit_to_listener(tuple, seq, counters).unwrap_or(true)
+    }
+
+    /// A SYN to a listener: `Some(admitted)`, or `None` without a listener
+    /// on its port.
+    fn admit_to_listener(&mut self, tuple: FourTuple, seq: TcpSeqNumber, counters: &StackCounters) -> Option<bool> {
+        match self.available.get_mut(&tuple.1)? {
+            0 => {
                 counters.syn_dropped_backlog_full.inc();
-                false
+                self.pressed.insert(tuple.1);
+                Some(false)
             }
-            Some(n) => {
+            n => {
                 *n -= 1;
-                self.batch.insert(tuple);
-                true
+                self.batch.insert(tuple, seq);
+                Some(true)
             }
         }
+    }
+
+    /// Screens a TCP segment from the NIC: true if smoltcp may have it now.
+    /// RSTs, SYNs for existing connections and SYNs no listener takes are
+    /// held for the driver's verdict; SYNs beyond a backlog are dropped.
+    fn screen(&mut self, meta: &TcpMeta, frame: &[u8], counters: &StackCounters) -> bool {
+        if meta.rst {
+            self.hold(meta, frame, counters);
+            return false;
+        }
+        if !meta.syn {
+            return true;
+        }
+        if meta.ack {
+            if self.synacks.len() < HELD_MAX {
+                self.synacks.push((meta.tuple, meta.seq));
+            }
+            return true;
+        }
+        if self.batch.contains_key(&meta.tuple) {
+            counters.syn_dropped_duplicate.inc();
+            return false;
+        }
+        if !self.live.contains(&meta.tuple)
+            && let Some(admitted) = self.admit_to_listener(meta.tuple, meta.seq, counters)
+        {
+            return admitted;
+        }
+        // An existing connection's tuple, an active open's, or a closed
+        // port: the driver decides with the socket in hand.
+        self.hold(meta, frame, counters);
+        false
+    }
+
+    fn hold(&mut self, meta: &TcpMeta, frame: &[u8], counters: &StackCounters) {
+        if self.held.len() >= HELD_MAX {
+            counters.rx_dropped_held_full.inc();
+            return;
+        }
+        self.held.push(Held { frame: frame.to_vec(), meta: *meta });
     }
 
     /// Starts a new admission batch; `available` has just been refreshed.
     pub(crate) fn new_batch(&mut self) {
         self.batch.clear();
+    }
+}
+
+/// RFC 5961's rate limit on challenge ACKs: a token bucket of `rate`
+/// tokens, refilled at `rate` per second.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: u64,
+    /// Millionths of a token.
+    micro: u64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        Self { rate: u64::from(rate), micro: u64::from(rate) * 1_000_000, last: None }
+    }
+
+    /// Takes a token if one is left.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = self.last.map_or(0, |last| (now - last).total_micros());
+        if self.last.is_none_or(|last| now > last) {
+            self.last = Some(now);
+        }
+        self.micro = (self.micro + elapsed.saturating_mul(self.rate)).min(self.rate * 1_000_000);
+        if self.micro >= 1_000_000 {
+            self.micro -= 1_000_000;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -89,10 +206,25 @@ pub(crate) struct StackDevice<N: Nic> {
     /// Ethernet: the header of the last frame sent to each IP destination,
     /// for packets the device makes itself (FIN resends).
     eth_headers: HashMap<IpAddress, [u8; ETHERNET_HEADER]>,
+    /// Held segments the driver let through, delivered next.
+    approved: VecDeque<Vec<u8>>,
+    /// Per connection (local, remote): the highest sequence number sent
+    /// (SND.NXT) and the last window advertised, for challenge ACKs.
+    snd: HashMap<FourTuple, (TcpSeqNumber, u16)>,
+    challenge_acks: TokenBucket,
+    /// The last poll stopped taking packets because the holding area was
+    /// full: poll again once it is settled.
+    throttled: bool,
 }
 
 impl<N: Nic> StackDevice<N> {
-    pub(crate) fn new(nic: N, local: Vec<IpAddress>, counters: Arc<StackCounters>, assist: bool) -> Self {
+    pub(crate) fn new(
+        nic: N,
+        local: Vec<IpAddress>,
+        counters: Arc<StackCounters>,
+        assist: bool,
+        challenge_ack_limit: u32,
+    ) -> Self {
         let link = Link::of(nic.capabilities().medium);
         // The assist rewrites and injects bare IP packets; over Ethernet it
         // stays off (tap peers are kernels with their own recovery).
@@ -110,6 +242,68 @@ impl<N: Nic> StackDevice<N> {
             counters,
             link,
             eth_headers: HashMap::new(),
+            approved: VecDeque::new(),
+            snd: HashMap::new(),
+            challenge_acks: TokenBucket::new(challenge_ack_limit),
+            throttled: false,
+        }
+    }
+
+    /// After a poll: carries out the driver's verdict on every held segment
+    /// (`judge` sees each once).
+    pub(crate) fn settle(&mut self, now: Instant, mut judge: impl FnMut(&TcpMeta) -> Verdict) {
+        self.throttled = false;
+        let mut held = std::mem::take(&mut self.guard.held);
+        for h in held.drain(..) {
+            match judge(&h.meta) {
+                Verdict::Deliver => self.approved.push_back(h.frame),
+                Verdict::Drop => {}
+                Verdict::Challenge(ack) => self.challenge(now, &h.meta, ack),
+            }
+        }
+        // Keep the allocation for the next poll.
+        self.guard.held = held;
+    }
+
+    /// Sends a challenge ACK (SND.NXT, RCV.NXT, our last window) for the
+    /// connection `meta` belongs to, if the rate limit allows.
+    fn challenge(&mut self, now: Instant, meta: &TcpMeta, ack: TcpSeqNumber) {
+        let (local, local_port, remote, remote_port) = meta.tuple;
+        let known = self.snd.get(&meta.tuple).copied();
+        let Some((seq, window)) = known.filter(|_| self.challenge_acks.take(now)) else {
+            self.counters.challenge_acks_suppressed.inc();
+            return;
+        };
+        let bare = Bare {
+            src: local,
+            dst: remote,
+            src_port: local_port,
+            dst_port: remote_port,
+            control: TcpControl::None,
+            seq,
+            ack,
+            window,
+        };
+        bare.emit_into(&mut self.scratch);
+        if self.link == Link::Ethernet {
+            let Some(header) = self.eth_headers.get(&remote) else {
+                self.counters.challenge_acks_suppressed.inc();
+                return;
+            };
+            self.scratch.splice(0..0, header.iter().copied());
+        }
+        let Some(token) = self.nic.transmit(now) else {
+            self.counters.challenge_acks_suppressed.inc();
+            return;
+        };
+        self.counters.challenge_acks_sent.inc();
+        send_raw(token, &self.scratch, &self.counters);
+    }
+
+    /// Forgets the send state of connections that are gone.
+    pub(crate) fn forget_flows(&mut self, gone: impl Iterator<Item = FourTuple>) {
+        for tuple in gone {
+            self.snd.remove(&tuple);
         }
     }
 
@@ -165,7 +359,7 @@ impl<N: Nic> StackDevice<N> {
 
     /// True if looped-back packets wait to be received.
     pub(crate) fn has_loopback(&self) -> bool {
-        !self.loopq.is_empty() || !self.inject.is_empty()
+        !self.loopq.is_empty() || !self.inject.is_empty() || !self.approved.is_empty() || self.throttled
     }
 }
 
@@ -221,7 +415,7 @@ impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
                     }
                 };
                 match ingress::inspect(packet, false) {
-                    Ok(acc) if acc.syn.is_none_or(|t| guard.admit(t, counters)) => {
+                    Ok(acc) if acc.tcp.is_none_or(|t| guard.screen(&t, frame, counters)) => {
                         keeper.borrow_mut().on_ingress(packet);
                         // Bind first: smoltcp may transmit (and so borrow the
                         // assist) while handling the packet.
@@ -255,7 +449,12 @@ impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
             StackRx::Loop { packet, free, guard, counters, link } => {
                 let admitted = match link.payload(&packet) {
                     Payload::Ip(off) => match ingress::inspect(&packet[off..], true) {
-                        Ok(acc) => acc.syn.is_none_or(|t| guard.admit(t, counters)),
+                        Ok(acc) => acc.tcp.is_none_or(|t| {
+                            if t.syn && t.ack {
+                                guard.synacks.push((t.tuple, t.seq));
+                            }
+                            !t.syn || t.ack || t.rst || guard.admit(t.tuple, t.seq, counters)
+                        }),
                         Err(_) => false,
                     },
                     Payload::Arp => true,
@@ -283,6 +482,7 @@ pub(crate) struct StackTx<'a, T> {
     counters: &'a StackCounters,
     link: Link,
     eth_headers: &'a mut HashMap<IpAddress, [u8; ETHERNET_HEADER]>,
+    snd: &'a mut HashMap<FourTuple, (TcpSeqNumber, u16)>,
     now: Instant,
 }
 
@@ -311,6 +511,19 @@ impl<T: phy::TxToken> phy::TxToken for StackTx<'_, T> {
                 {
                     self.eth_headers.insert(dst, header);
                 }
+                if let Some(h) = segment::peek(packet) {
+                    let tuple = (h.src, h.src_port, h.dst, h.dst_port);
+                    if h.rst {
+                        self.snd.remove(&tuple);
+                    } else {
+                        let end = h.seq + h.payload_len + usize::from(h.syn) + usize::from(h.fin);
+                        let entry = self.snd.entry(tuple).or_insert((end, h.window));
+                        if end > entry.0 {
+                            entry.0 = end;
+                        }
+                        entry.1 = h.window;
+                    }
+                }
                 self.assist.borrow_mut().on_egress(self.now, packet);
                 self.keeper.borrow_mut().on_egress(self.now, packet, |key| self.assist.borrow().srtt(key));
             }
@@ -325,29 +538,66 @@ impl<N: Nic> Device for StackDevice<N> {
     type TxToken<'a> = StackTx<'a, N::TxToken<'a>>;
 
     fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let Self { nic, guard, inject, assist, keeper, loopq, loop_free, scratch, local, counters, link, eth_headers } =
-            self;
+        let Self {
+            nic,
+            guard,
+            inject,
+            assist,
+            keeper,
+            loopq,
+            loop_free,
+            scratch,
+            local,
+            counters,
+            link,
+            eth_headers,
+            approved,
+            snd,
+            challenge_acks: _,
+            throttled,
+        } = self;
         let link = *link;
-        if let Some(packet) = inject.pop_front().or_else(|| loopq.pop_front()) {
+        // Held segments the driver approved are delivered like looped ones:
+        // re-checked, not held again.
+        if let Some(packet) = inject.pop_front().or_else(|| approved.pop_front()).or_else(|| loopq.pop_front()) {
             let nic = nic.transmit(now)?;
             let rx = StackRx::Loop { packet, free: loop_free, guard, counters, link };
             let loop_free = None;
-            let tx =
-                StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, now };
+            let tx = StackTx {
+                nic,
+                loopq,
+                loop_free,
+                scratch,
+                local,
+                assist,
+                keeper,
+                counters,
+                link,
+                eth_headers,
+                snd,
+                now,
+            };
             return Some((rx, tx));
+        }
+        if guard.held.len() >= HELD_MAX {
+            // End this poll: the driver judges what is held, then polls
+            // again. The NIC keeps the rest meanwhile.
+            *throttled = true;
+            return None;
         }
         let (rx, nic) = nic.receive(now)?;
         let rx = StackRx::Nic { token: rx, guard, assist, keeper, inject, counters, link, now };
         let loop_free = Some(loop_free);
-        let tx = StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, now };
+        let tx =
+            StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, snd, now };
         Some((rx, tx))
     }
 
     fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
-        let Self { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, .. } = self;
+        let Self { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, snd, .. } = self;
         let nic = nic.transmit(now)?;
         let (link, loop_free) = (*link, Some(loop_free));
-        Some(StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, now })
+        Some(StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, snd, now })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

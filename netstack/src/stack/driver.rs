@@ -38,6 +38,7 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             let core = &mut *core;
             core.iface.poll(now, &mut device, &mut core.sockets);
             core.maintain_listeners(&mut device.guard);
+            core.settle_held(&mut device, now);
             core.reap_orphans(&mut device.guard);
             core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();

@@ -4,7 +4,9 @@
 //! every drop has a reason and a counter. smoltcp is then told not to verify
 //! checksums again (see `StackDevice::capabilities`).
 
-use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
+use smoltcp::wire::{
+    Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, TcpSeqNumber, UdpPacket,
+};
 
 /// Why an arriving packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +20,25 @@ pub(crate) enum Refusal {
 }
 
 /// What the stack needs to know about an acceptable packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Accepted {
     /// For a TCP segment with SYN and without ACK: its 4-tuple, as
     /// `(local addr, local port, remote addr, remote port)`.
     pub(crate) syn: Option<FourTuple>,
+    /// For any TCP segment: what the RFC 5961 checks need.
+    pub(crate) tcp: Option<TcpMeta>,
+}
+
+/// The header fields of an arriving TCP segment that the SYN guard and the
+/// RFC 5961 checks look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcpMeta {
+    /// `(local addr, local port, remote addr, remote port)`.
+    pub(crate) tuple: FourTuple,
+    pub(crate) seq: TcpSeqNumber,
+    pub(crate) syn: bool,
+    pub(crate) ack: bool,
+    pub(crate) rst: bool,
 }
 
 /// `(local address, local port, remote address, remote port)`.
@@ -49,7 +65,7 @@ fn inspect_v4(packet: &[u8], looped: bool) -> Result<Accepted, Refusal> {
     }
     if ip.more_frags() || ip.frag_offset() != 0 {
         // Transport headers are checked after reassembly, by smoltcp.
-        return Ok(Accepted { syn: None });
+        return Ok(Accepted::default());
     }
     let payload = ip.payload();
     match ip.next_header() {
@@ -60,9 +76,9 @@ fn inspect_v4(packet: &[u8], looped: bool) -> Result<Accepted, Refusal> {
             if !icmp.verify_checksum() {
                 return Err(Refusal::Checksum);
             }
-            Ok(Accepted { syn: None })
+            Ok(Accepted::default())
         }
-        _ => Ok(Accepted { syn: None }),
+        _ => Ok(Accepted::default()),
     }
 }
 
@@ -81,10 +97,10 @@ fn inspect_v6(packet: &[u8], looped: bool) -> Result<Accepted, Refusal> {
             if !icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()) {
                 return Err(Refusal::Checksum);
             }
-            Ok(Accepted { syn: None })
+            Ok(Accepted::default())
         }
         // Extension-header chains are left to smoltcp's parser.
-        _ => Ok(Accepted { syn: None }),
+        _ => Ok(Accepted::default()),
     }
 }
 
@@ -93,8 +109,10 @@ fn inspect_tcp(payload: &[u8], src: IpAddress, dst: IpAddress) -> Result<Accepte
     if !tcp.verify_checksum(&src, &dst) {
         return Err(Refusal::Checksum);
     }
-    let syn = (tcp.syn() && !tcp.ack() && !tcp.rst()).then(|| (dst, tcp.dst_port(), src, tcp.src_port()));
-    Ok(Accepted { syn })
+    let tuple = (dst, tcp.dst_port(), src, tcp.src_port());
+    let syn = (tcp.syn() && !tcp.ack() && !tcp.rst()).then_some(tuple);
+    let meta = TcpMeta { tuple, seq: tcp.seq_number(), syn: tcp.syn(), ack: tcp.ack(), rst: tcp.rst() };
+    Ok(Accepted { syn, tcp: Some(meta) })
 }
 
 fn inspect_udp(payload: &[u8], src: IpAddress, dst: IpAddress) -> Result<Accepted, Refusal> {
@@ -102,7 +120,7 @@ fn inspect_udp(payload: &[u8], src: IpAddress, dst: IpAddress) -> Result<Accepte
     if !udp.verify_checksum(&src, &dst) {
         return Err(Refusal::Checksum);
     }
-    Ok(Accepted { syn: None })
+    Ok(Accepted::default())
 }
 
 /// The destination address of an IP packet, if it has a readable header.
@@ -149,7 +167,7 @@ mod tests {
 
     #[test]
     fn valid_packet_passes() {
-        assert_eq!(inspect(&udp_v4(), false), Ok(Accepted { syn: None }));
+        assert_eq!(inspect(&udp_v4(), false), Ok(Accepted::default()));
         assert_eq!(destination(&udp_v4()), Some(IpAddress::v4(10, 0, 0, 1)));
     }
 

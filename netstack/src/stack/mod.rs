@@ -137,7 +137,13 @@ impl Stack {
             Some(mac) => HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress(mac)),
             None => HardwareAddress::Ip,
         };
-        let mut device = device::StackDevice::new(nic, local, counters.clone(), config.tcp_recovery_assist);
+        let mut device = device::StackDevice::new(
+            nic,
+            local,
+            counters.clone(),
+            config.tcp_recovery_assist,
+            config.tcp_challenge_ack_limit,
+        );
         let mut iface_config = Config::new(hardware);
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut device, driver::smol_now(epoch));
