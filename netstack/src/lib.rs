@@ -6,7 +6,8 @@
 //! ```text
 //!   TcpStream / TcpListener / UdpSocket / ping      (socket, std::net-like)
 //!        │  lock Core briefly, copy bytes, ring the driver's doorbell
-//!   Stack: Core { smoltcp Interface + SocketSet, ports, listeners, orphans }
+//!   Stack: Core { smoltcp Interface + sharded SocketSets, 4-tuple index, ports,
+//!                 listeners, orphans, connection limits }
 //!        │  polled only by the driver thread (stack::driver)
 //!   StackDevice: loopback, ingress validation + drop counters, SYN guard
 //!        │

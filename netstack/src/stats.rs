@@ -94,6 +94,13 @@ crate::counters! {
         /// Half-open (SYN-RECEIVED) connections a listener with a full
         /// backlog dropped silently to make room for new SYNs.
         syn_half_open_evicted,
+        /// SYNs to a listener dropped unanswered because the stack held
+        /// `max_connections` connections (StackConfig).
+        syn_dropped_conn_limit,
+        /// SYNs to a listener dropped unanswered because the stack held
+        /// `max_connections_per_peer` connections with the SYN's source
+        /// address (StackConfig).
+        syn_dropped_peer_limit,
         /// RSTs whose sequence number was inside the receive window but not
         /// exactly RCV.NXT (RFC 5961 3.2): not delivered, answered with a
         /// challenge ACK.

@@ -53,7 +53,7 @@ impl Stack {
                 }
             };
             result.map_err(|e| io::Error::other(format!("ping {dst}: {e}")))?;
-            core.sockets.add(socket)
+            core.sockets.add_pinned(socket)
         };
         self.wake_driver();
         let started = Instant::now();

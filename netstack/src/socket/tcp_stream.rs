@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::SocketHandle;
+use crate::stack::shards::Handle;
 use smoltcp::socket::tcp::{self, RecvError};
 
 use super::{SocketOptions, Wait, block_on};
@@ -26,7 +26,7 @@ pub struct TcpStream {
 #[derive(Debug)]
 struct StreamInner {
     stack: Stack,
-    handle: SocketHandle,
+    handle: Handle,
     signal: Arc<SocketSignal>,
     options: SocketOptions,
     read_shut: AtomicBool,
@@ -106,6 +106,7 @@ impl TcpStream {
                     ),
                 ));
             }
+            core.check_connect(addr)?;
             let port = core.ports.alloc_tcp_conn().map_err(|e| io::Error::new(io::ErrorKind::AddrNotAvailable, e))?;
             let mut socket = core.new_tcp_socket();
             let cx = core.iface.context();
@@ -118,7 +119,7 @@ impl TcpStream {
             }
             let local = socket.local_endpoint().map(|e| to_std(e.addr, e.port)).unwrap_or(addr);
             let handle = core.sockets.add(socket);
-            core.index_active(handle);
+            core.index_active(handle, addr.ip());
             let timeout = timeout.unwrap_or(core.config.connect_timeout);
             (TcpStream::from_parts(stack.clone(), handle, Some(port), None, local, addr), timeout)
         };
@@ -152,7 +153,7 @@ impl TcpStream {
 
     pub(crate) fn from_parts(
         stack: Stack,
-        handle: SocketHandle,
+        handle: Handle,
         port: Option<u16>,
         passive: Option<FourTuple>,
         local: SocketAddr,

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smoltcp::iface::SocketHandle;
+use crate::stack::shards::Handle;
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 
@@ -21,7 +21,7 @@ const MAX_PAYLOAD: usize = 65_507;
 #[derive(Debug)]
 pub struct UdpSocket {
     stack: Stack,
-    handle: SocketHandle,
+    handle: Handle,
     signal: Arc<SocketSignal>,
     options: SocketOptions,
     bound: Option<IpAddress>,
@@ -53,7 +53,7 @@ impl UdpSocket {
             core.ports.release_udp(bound, port);
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot bind {addr}: {e}")));
         }
-        let handle = core.sockets.add(socket);
+        let handle = core.sockets.add_pinned(socket);
         Ok(UdpSocket {
             stack: stack.clone(),
             handle,

@@ -124,6 +124,21 @@ pub struct StackConfig {
     /// established connections are still dropped, but unanswered
     /// (`challenge_acks_suppressed`). Linux's default is 1000. 0 sends none.
     pub tcp_challenge_ack_limit: u32,
+    /// Most TCP connections the stack holds at once (`None`: no limit).
+    /// Every connection that holds a socket counts, whatever its state and
+    /// direction: opening (SYN-SENT, SYN-RECEIVED), established, waiting to
+    /// be accepted, and closing (FIN-WAIT, TIME-WAIT...) until its socket
+    /// is gone; listening sockets do not. Beyond it, `connect` fails with
+    /// `QuotaExceeded` and SYNs to listeners are dropped unanswered
+    /// (`syn_dropped_conn_limit`), and a listener that dropped SYNs for it
+    /// evicts its oldest half-open connections as under a SYN flood. A
+    /// connection to the stack itself counts twice (both of its ends).
+    pub max_connections: Option<usize>,
+    /// Most TCP connections with one remote IP address at once (`None`: no
+    /// limit), counted as for [`max_connections`](Self::max_connections).
+    /// Beyond it, `connect` to that address fails with `QuotaExceeded` and
+    /// SYNs from it are dropped unanswered (`syn_dropped_peer_limit`).
+    pub max_connections_per_peer: Option<usize>,
 }
 
 impl Default for StackConfig {
@@ -144,6 +159,8 @@ impl Default for StackConfig {
             seed: None,
             tcp_recovery_assist: true,
             tcp_challenge_ack_limit: 1000,
+            max_connections: None,
+            max_connections_per_peer: None,
         }
     }
 }

@@ -8,16 +8,18 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::iface::Interface;
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpListenEndpoint, TcpSeqNumber};
 
 use super::config::StackConfig;
-use super::device::{StackDevice, SynGuard, Verdict};
+use super::device::{Route, StackDevice, SynGuard, Verdict};
 use super::fin_keeper::{FinKeeper, SocketCheck};
 use super::ingress::{FourTuple, TcpMeta};
+use super::limits::{ConnTable, LimitHit, SharedConns};
 use super::ports::PortTable;
+use super::shards::{Handle, Sockets};
 use crate::nic::Nic;
 use crate::stats::StackCounters;
 use crate::wake::Event;
@@ -30,9 +32,9 @@ pub(crate) struct ListenerState {
     pub(crate) family: Option<bool>,
     pub(crate) backlog: usize,
     /// Sockets in LISTEN, waiting for a SYN.
-    pub(crate) pool: Vec<SocketHandle>,
+    pub(crate) pool: Vec<Handle>,
     /// Sockets that left LISTEN and are not yet accepted, in arrival order.
-    pub(crate) pending: VecDeque<(SocketHandle, FourTuple)>,
+    pub(crate) pending: VecDeque<(Handle, FourTuple)>,
     pub(crate) accept_event: Arc<Event>,
     /// Accept-ready connections at the last notification.
     notified_ready: usize,
@@ -41,7 +43,7 @@ pub(crate) struct ListenerState {
 /// A connection nobody holds any more, kept until its close completes.
 #[derive(Debug)]
 pub(crate) struct Orphan {
-    pub(crate) handle: SocketHandle,
+    pub(crate) handle: Handle,
     /// The ephemeral port to release when it is gone.
     pub(crate) port: Option<u16>,
     /// Its tuple in the SYN guard, for passive connections.
@@ -52,7 +54,7 @@ pub(crate) struct Orphan {
 /// Everything behind the stack lock.
 pub(crate) struct Core {
     pub(crate) iface: Interface,
-    pub(crate) sockets: SocketSet<'static>,
+    pub(crate) sockets: Sockets,
     pub(crate) ports: PortTable,
     pub(crate) listeners: HashMap<u64, ListenerState>,
     next_listener: u64,
@@ -60,6 +62,9 @@ pub(crate) struct Core {
     /// Which TCP socket has which 4-tuple, for the FIN keeper's review.
     index: TcpIndex,
     pub(crate) config: StackConfig,
+    /// Connections held, for `max_connections` and
+    /// `max_connections_per_peer` (shared with the SYN guard).
+    conns: SharedConns,
     pub(crate) counters: Arc<StackCounters>,
     /// The time of the driver's latest poll.
     pub(crate) now: Instant,
@@ -67,16 +72,23 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(iface: Interface, config: StackConfig, counters: Arc<StackCounters>, seed: u64) -> Self {
+    pub(crate) fn new(
+        iface: Interface,
+        config: StackConfig,
+        counters: Arc<StackCounters>,
+        seed: u64,
+        conns: SharedConns,
+    ) -> Self {
         Self {
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            sockets: Sockets::default(),
             ports: PortTable::new(seed),
             listeners: HashMap::new(),
             next_listener: 1,
             orphans: Vec::new(),
             index: TcpIndex::default(),
             config,
+            conns,
             counters,
             now: Instant::ZERO,
             shutdown: false,
@@ -102,7 +114,43 @@ impl Core {
         self.config.addresses.iter().any(|c| c.addr.is_ipv4() == dst.is_ipv4())
     }
 
-    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+    /// The shard an arriving packet with this route belongs to: that of
+    /// its connection (a SYN admitted in this round, or an indexed
+    /// connection), else shard 0 (non-TCP sockets; segments for no
+    /// connection, which smoltcp answers with RST).
+    pub(crate) fn shard_for(&self, guard: &SynGuard, route: Route) -> usize {
+        let Some(tuple) = route else { return 0 };
+        if let Some(&(_, shard)) = guard.batch.get(&tuple) {
+            return shard;
+        }
+        self.index.by_tuple.get(&tuple).map_or(0, |h| h.shard())
+    }
+
+    /// Whether one more connection to `peer` fits the configured limits;
+    /// if not, an error that names the limit and how to raise it.
+    pub(crate) fn check_connect(&self, peer: SocketAddr) -> std::io::Result<()> {
+        let conns = self.conns.lock();
+        let (what, field, max) = match conns.check(peer.ip().into()) {
+            Ok(()) => return Ok(()),
+            Err(LimitHit::Stack(max)) => ("TCP connections", "max_connections", max),
+            Err(LimitHit::Peer(max)) => ("TCP connections with that address", "max_connections_per_peer", max),
+        };
+        Err(std::io::Error::new(
+            std::io::ErrorKind::QuotaExceeded,
+            format!(
+                "cannot connect to {peer}: stack `{}` already holds {max} {what}, its limit \
+                 (StackConfig::{field}); close a connection or raise the limit",
+                self.config.name
+            ),
+        ))
+    }
+
+    /// Connections the stack holds now (see `StackConfig::max_connections`).
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.lock().total()
+    }
+
+    pub(crate) fn tcp(&mut self, handle: Handle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
@@ -138,7 +186,7 @@ impl Core {
     }
 
     /// Takes the oldest fully established connection of listener `id`.
-    pub(crate) fn take_accepted(&mut self, id: u64) -> Option<(SocketHandle, FourTuple)> {
+    pub(crate) fn take_accepted(&mut self, id: u64) -> Option<(Handle, FourTuple)> {
         let listener = self.listeners.get_mut(&id)?;
         let sockets = &self.sockets;
         let index =
@@ -153,13 +201,15 @@ impl Core {
     /// listeners. Refreshes the SYN guard's view of free listening sockets.
     pub(crate) fn maintain_listeners(&mut self, guard: &mut SynGuard) {
         guard.available.clear();
+        let mut conns = self.conns.lock();
+        let mut stray = Vec::new();
         for listener in self.listeners.values_mut() {
-            sort_pool(listener, &mut self.sockets, guard, &mut self.index);
+            sort_pool(listener, &mut self.sockets, guard, &mut self.index, &mut conns, &mut stray);
             if guard.pressed.contains(&listener.endpoint.port) {
-                evict_half_open(listener, &mut self.sockets, guard, &mut self.index, &self.counters);
+                evict_half_open(listener, &mut self.sockets, guard, &mut self.index, &mut conns, &self.counters);
             }
             refill_pool(listener, &mut self.sockets, &self.config);
-            *guard.available.entry(listener.endpoint.port).or_default() += listener.pool.len();
+            guard.available.entry(listener.endpoint.port).or_default().extend(listener.pool.iter().map(|h| h.shard()));
             let ready = listener
                 .pending
                 .iter()
@@ -170,6 +220,10 @@ impl Core {
             }
             listener.notified_ready = ready;
         }
+        drop(conns);
+        // Connections of the wrong family, aborted: reaped when closed.
+        let since = self.now;
+        self.orphans.extend(stray.into_iter().map(|handle| Orphan { handle, port: None, passive: None, since }));
         guard.pressed.clear();
         guard.new_batch();
     }
@@ -201,10 +255,12 @@ impl Core {
         let mut i = 0;
         while i < self.orphans.len() {
             let orphan = &self.orphans[i];
-            let socket = self.sockets.get_mut::<tcp::Socket>(orphan.handle);
-            if socket.state() == tcp::State::Closed {
+            // Read first: touching a socket mutably makes its shard due.
+            let state = self.sockets.get::<tcp::Socket>(orphan.handle).state();
+            if state == tcp::State::Closed {
                 let orphan = self.orphans.swap_remove(i);
                 self.index.forget(orphan.handle);
+                self.conns.lock().remove(orphan.handle);
                 self.sockets.remove(orphan.handle);
                 if let Some(port) = orphan.port {
                     self.ports.release_tcp_conn(port);
@@ -214,17 +270,19 @@ impl Core {
                 }
                 continue;
             }
-            if now - orphan.since > linger && socket.state() != tcp::State::TimeWait {
-                socket.abort();
+            if now - orphan.since > linger && state != tcp::State::TimeWait {
+                self.sockets.get_mut::<tcp::Socket>(orphan.handle).abort();
                 self.counters.orphans_aborted.inc();
             }
             i += 1;
         }
     }
 
-    /// Records an active open, so that RFC 5961 checks and the FIN keeper
-    /// find its socket by 4-tuple from the start.
-    pub(crate) fn index_active(&mut self, handle: SocketHandle) {
+    /// Records an active open to `peer`, so that RFC 5961 checks and the
+    /// FIN keeper find its socket by 4-tuple from the start, and the
+    /// connection limits count it.
+    pub(crate) fn index_active(&mut self, handle: Handle, peer: IpAddr) {
+        self.conns.lock().add(handle, peer.into());
         if let Some(tuple) = tuple_of(self.sockets.get::<tcp::Socket>(handle)) {
             self.index.insert(tuple, handle, None);
         }
@@ -232,7 +290,7 @@ impl Core {
 
     /// The application read `n` bytes from `handle`: smoltcp's RCV.NXT is
     /// IRS + 1 + bytes read + bytes queued (+ 1 after a FIN).
-    pub(crate) fn note_read(&mut self, handle: SocketHandle, n: usize) {
+    pub(crate) fn note_read(&mut self, handle: Handle, n: usize) {
         if let Some(e) = self.index.by_handle.get_mut(&handle) {
             e.read = e.read.wrapping_add(n as u32);
         }
@@ -339,8 +397,8 @@ impl Core {
 /// application has read (see [`rcv_nxt`](Self::rcv_nxt)).
 #[derive(Debug, Default)]
 struct TcpIndex {
-    by_tuple: HashMap<FourTuple, SocketHandle>,
-    by_handle: HashMap<SocketHandle, Indexed>,
+    by_tuple: HashMap<FourTuple, Handle>,
+    by_handle: HashMap<Handle, Indexed>,
     /// Tuples whose socket was removed since the last review: known to be
     /// over, so looking them up needs no scan.
     departed: HashSet<FourTuple>,
@@ -363,7 +421,7 @@ struct Indexed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lookup {
     /// The connection's socket.
-    Found(SocketHandle),
+    Found(Handle),
     /// Its socket was removed, or has closed or gone back to listening.
     Over,
     /// Never indexed (an active open since the last scan), or the entry is
@@ -375,7 +433,7 @@ impl TcpIndex {
     /// Indexes `handle` under `tuple`. An entry that already has this
     /// tuple keeps its IRS (unless `irs` is given) and read count; a socket
     /// that moved to another connection starts afresh.
-    fn insert(&mut self, tuple: FourTuple, handle: SocketHandle, irs: Option<TcpSeqNumber>) {
+    fn insert(&mut self, tuple: FourTuple, handle: Handle, irs: Option<TcpSeqNumber>) {
         let fresh = Indexed { tuple, irs, read: 0 };
         match self.by_handle.get_mut(&handle) {
             Some(e) if e.tuple == tuple => e.irs = irs.or(e.irs),
@@ -394,7 +452,7 @@ impl TcpIndex {
     }
 
     /// Drops `handle`, which is about to be removed from the socket set.
-    fn forget(&mut self, handle: SocketHandle) {
+    fn forget(&mut self, handle: Handle) {
         if let Some(e) = self.by_handle.remove(&handle)
             && self.by_tuple.get(&e.tuple) == Some(&handle)
         {
@@ -406,7 +464,7 @@ impl TcpIndex {
 
     /// A SYN|ACK arrived for `tuple`: if it is an active open that has just
     /// left SYN-SENT, its sequence number is the IRS.
-    fn learn_active_irs(&mut self, sockets: &SocketSet<'static>, tuple: &FourTuple, seq: TcpSeqNumber) {
+    fn learn_active_irs(&mut self, sockets: &Sockets, tuple: &FourTuple, seq: TcpSeqNumber) {
         let Some(&h) = self.by_tuple.get(tuple) else { return };
         let state = sockets.get::<tcp::Socket>(h).state();
         if let Some(e) = self.by_handle.get_mut(&h)
@@ -423,7 +481,7 @@ impl TcpIndex {
     /// IRS + 1 and grows by each byte read and by the peer's FIN): IRS + 1 +
     /// bytes read + bytes queued + 1 once a FIN arrived. `None` while the
     /// IRS is unknown.
-    fn rcv_nxt(&self, handle: SocketHandle, socket: &tcp::Socket) -> Option<TcpSeqNumber> {
+    fn rcv_nxt(&self, handle: Handle, socket: &tcp::Socket) -> Option<TcpSeqNumber> {
         let e = self.by_handle.get(&handle)?;
         let irs = e.irs?;
         let fin = matches!(
@@ -437,7 +495,7 @@ impl TcpIndex {
     /// The socket whose endpoints are `tuple` now. The entry is checked: a
     /// socket loses its endpoints when it closes, and a listening socket can
     /// take another connection without being removed.
-    fn find(&self, sockets: &SocketSet<'static>, departed: &HashSet<FourTuple>, tuple: &FourTuple) -> Lookup {
+    fn find(&self, sockets: &Sockets, departed: &HashSet<FourTuple>, tuple: &FourTuple) -> Lookup {
         let Some(&h) = self.by_tuple.get(tuple) else {
             return if departed.contains(tuple) { Lookup::Over } else { Lookup::Unknown };
         };
@@ -449,7 +507,7 @@ impl TcpIndex {
     }
 
     /// Indexes every connected TCP socket.
-    fn rescan(&mut self, sockets: &SocketSet<'static>) {
+    fn rescan(&mut self, sockets: &Sockets) {
         for (h, socket) in sockets.iter() {
             if let smoltcp::socket::Socket::Tcp(t) = socket
                 && let Some(tuple) = tuple_of(t)
@@ -462,7 +520,7 @@ impl TcpIndex {
 
 /// Tops the listener's pool of LISTEN sockets up to the configured size,
 /// leaving room for the connections already pending within the backlog.
-fn refill_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, config: &StackConfig) {
+fn refill_pool(listener: &mut ListenerState, sockets: &mut Sockets, config: &StackConfig) {
     let want = config.listen_pool.max(1).min(listener.backlog.saturating_sub(listener.pending.len()));
     while listener.pool.len() < want {
         let mut socket = new_tcp_socket(config);
@@ -475,16 +533,20 @@ fn refill_pool(listener: &mut ListenerState, sockets: &mut SocketSet<'static>, c
 
 /// Moves sockets between a listener's pool and pending queue according to
 /// their TCP state.
+/// Sockets that took a connection of the wrong family are aborted and
+/// returned in `stray`.
 fn sort_pool(
     listener: &mut ListenerState,
-    sockets: &mut SocketSet<'static>,
+    sockets: &mut Sockets,
     guard: &mut SynGuard,
     index: &mut TcpIndex,
+    conns: &mut ConnTable,
+    stray: &mut Vec<Handle>,
 ) {
     let mut i = 0;
     while i < listener.pool.len() {
         let h = listener.pool[i];
-        let socket = sockets.get_mut::<tcp::Socket>(h);
+        let socket = sockets.get::<tcp::Socket>(h);
         match socket.state() {
             tcp::State::Listen => i += 1,
             tcp::State::Closed => {
@@ -495,16 +557,19 @@ fn sort_pool(
             _ => {
                 listener.pool.swap_remove(i);
                 let Some(tuple) = tuple_of(socket) else {
-                    socket.abort();
+                    sockets.get_mut::<tcp::Socket>(h).abort();
+                    stray.push(h);
                     continue;
                 };
                 let wrong_family = listener.family.is_some_and(|v4| tuple.0.version() != family_version(v4));
                 if wrong_family {
-                    socket.abort();
+                    sockets.get_mut::<tcp::Socket>(h).abort();
+                    stray.push(h);
                     continue;
                 }
+                conns.add(h, tuple.2);
                 guard.live.insert(tuple);
-                index.insert(tuple, h, guard.batch.get(&tuple).copied());
+                index.insert(tuple, h, guard.batch.get(&tuple).map(|b| b.0));
                 listener.pending.push_back((h, tuple));
             }
         }
@@ -518,11 +583,13 @@ fn sort_pool(
             tcp::State::Listen => {
                 guard.live.remove(&tuple);
                 let _ = listener.pending.remove(j);
+                conns.remove(h);
                 listener.pool.push(h);
             }
             tcp::State::Closed => {
                 guard.live.remove(&tuple);
                 let _ = listener.pending.remove(j);
+                conns.remove(h);
                 index.forget(h);
                 sockets.remove(h);
             }
@@ -538,14 +605,27 @@ const EVICT_BATCH: usize = 8;
 /// connections (SYN-RECEIVED, most likely spoofed SYNs that will never
 /// complete) are removed silently, without an RST, so that the next SYN,
 /// such as a real client's retransmission, finds a free listening socket.
-/// Established connections waiting for `accept` are never dropped.
+/// Established connections waiting for `accept` are never dropped, and
+/// nothing is evicted unless half-open connections fill the whole backlog:
+/// a burst of real clients (redis-benchmark opens 50 at once) also presses
+/// the listener for a moment, and evicting one of them after its SYN-ACK
+/// left would reset a client that believes it is connected.
 fn evict_half_open(
     listener: &mut ListenerState,
-    sockets: &mut SocketSet<'static>,
+    sockets: &mut Sockets,
     guard: &mut SynGuard,
     index: &mut TcpIndex,
+    conns: &mut ConnTable,
     counters: &StackCounters,
 ) {
+    let half_open = listener
+        .pending
+        .iter()
+        .filter(|(h, _)| sockets.get::<tcp::Socket>(*h).state() == tcp::State::SynReceived)
+        .count();
+    if half_open < listener.backlog {
+        return;
+    }
     let mut evicted = 0;
     let mut j = 0;
     while j < listener.pending.len() && evicted < EVICT_BATCH {
@@ -556,6 +636,7 @@ fn evict_half_open(
         }
         let _ = listener.pending.remove(j);
         guard.live.remove(&tuple);
+        conns.remove(h);
         index.forget(h);
         sockets.remove(h);
         counters.syn_half_open_evicted.inc();

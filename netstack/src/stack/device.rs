@@ -21,12 +21,13 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, TxToken};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, RxToken, TxToken};
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, TcpControl, TcpSeqNumber};
 
 use super::fin_keeper::FinKeeper;
 use super::ingress::{self, FourTuple, Refusal, TcpMeta};
+use super::limits::{LimitHit, SharedConns};
 use super::link::{ETHERNET_HEADER, Link, Payload};
 use super::recovery::{COPIES, Ingress, RecoveryAssist};
 use super::segment::{self, Bare};
@@ -66,11 +67,13 @@ pub(crate) enum Verdict {
 pub(crate) struct SynGuard {
     /// 4-tuples of passive connections that are alive.
     pub(crate) live: HashSet<FourTuple>,
-    /// Listening sockets free per local port, refreshed after every poll.
-    pub(crate) available: HashMap<u16, usize>,
+    /// Listening sockets free per local port, refreshed after every poll:
+    /// the shard of each.
+    pub(crate) available: HashMap<u16, Vec<usize>>,
     /// SYNs admitted since the last refresh, with their sequence numbers
-    /// (the peer's initial sequence number, IRS).
-    pub(crate) batch: HashMap<FourTuple, TcpSeqNumber>,
+    /// (the peer's initial sequence number, IRS) and the shard of the
+    /// listening socket that takes them.
+    pub(crate) batch: HashMap<FourTuple, (TcpSeqNumber, usize)>,
     /// RSTs and unadmitted SYNs of this poll, judged after it.
     pub(crate) held: Vec<Held>,
     /// SYN|ACKs of this poll: the IRS of active opens.
@@ -79,6 +82,8 @@ pub(crate) struct SynGuard {
     /// last refresh: they make room by dropping their oldest half-open
     /// connections.
     pub(crate) pressed: HashSet<u16>,
+    /// The stack's connection limits (shared with the core).
+    pub(crate) conns: SharedConns,
 }
 
 impl SynGuard {
@@ -94,18 +99,29 @@ impl SynGuard {
     /// A SYN to a listener: `Some(admitted)`, or `None` without a listener
     /// on its port.
     fn admit_to_listener(&mut self, tuple: FourTuple, seq: TcpSeqNumber, counters: &StackCounters) -> Option<bool> {
-        match self.available.get_mut(&tuple.1)? {
-            0 => {
-                counters.syn_dropped_backlog_full.inc();
+        let free = self.available.get_mut(&tuple.1)?;
+        if free.is_empty() {
+            counters.syn_dropped_backlog_full.inc();
+            self.pressed.insert(tuple.1);
+            return Some(false);
+        }
+        match self.conns.lock().reserve(tuple.2) {
+            Ok(()) => {}
+            Err(LimitHit::Stack(_)) => {
+                counters.syn_dropped_conn_limit.inc();
+                // Half-open connections count: make room as under a SYN
+                // flood, or spoofed SYNs would lock clients out.
                 self.pressed.insert(tuple.1);
-                Some(false)
+                return Some(false);
             }
-            n => {
-                *n -= 1;
-                self.batch.insert(tuple, seq);
-                Some(true)
+            Err(LimitHit::Peer(_)) => {
+                counters.syn_dropped_peer_limit.inc();
+                return Some(false);
             }
         }
+        let shard = free.pop().unwrap_or_default();
+        self.batch.insert(tuple, (seq, shard));
+        Some(true)
     }
 
     /// Screens a TCP segment from the NIC: true if smoltcp may have it now.
@@ -148,9 +164,11 @@ impl SynGuard {
         self.held.push(Held { frame: frame.to_vec(), meta: *meta });
     }
 
-    /// Starts a new admission batch; `available` has just been refreshed.
+    /// Starts a new admission batch; `available` has just been refreshed
+    /// and the last batch's connections are members of the limit table.
     pub(crate) fn new_batch(&mut self) {
         self.batch.clear();
+        self.conns.lock().clear_reserved();
     }
 }
 
@@ -215,6 +233,8 @@ pub(crate) struct StackDevice<N: Nic> {
     /// The last poll stopped taking packets because the holding area was
     /// full: poll again once it is settled.
     throttled: bool,
+    /// The next packet for smoltcp, screened, with its route.
+    staged: Option<(Vec<u8>, Route)>,
 }
 
 impl<N: Nic> StackDevice<N> {
@@ -224,6 +244,7 @@ impl<N: Nic> StackDevice<N> {
         counters: Arc<StackCounters>,
         assist: bool,
         challenge_ack_limit: u32,
+        conns: SharedConns,
     ) -> Self {
         let link = Link::of(nic.capabilities().medium);
         // The assist rewrites and injects bare IP packets; over Ethernet it
@@ -231,7 +252,7 @@ impl<N: Nic> StackDevice<N> {
         let assist = assist && link == Link::Ip;
         Self {
             nic,
-            guard: SynGuard::default(),
+            guard: SynGuard { conns, ..SynGuard::default() },
             inject: VecDeque::new(),
             assist: RefCell::new(RecoveryAssist::new(assist, counters.clone())),
             keeper: RefCell::new(FinKeeper::new()),
@@ -246,6 +267,7 @@ impl<N: Nic> StackDevice<N> {
             snd: HashMap::new(),
             challenge_acks: TokenBucket::new(challenge_ack_limit),
             throttled: false,
+            staged: None,
         }
     }
 
@@ -359,7 +381,11 @@ impl<N: Nic> StackDevice<N> {
 
     /// True if looped-back packets wait to be received.
     pub(crate) fn has_loopback(&self) -> bool {
-        !self.loopq.is_empty() || !self.inject.is_empty() || !self.approved.is_empty() || self.throttled
+        !self.loopq.is_empty()
+            || !self.inject.is_empty()
+            || !self.approved.is_empty()
+            || self.throttled
+            || self.staged.is_some()
     }
 }
 
@@ -378,91 +404,130 @@ fn is_local(local: &[IpAddress], dst: IpAddress) -> bool {
     loopback || local.contains(&dst)
 }
 
-/// A received packet, from the NIC or from the loopback queue.
-pub(crate) enum StackRx<'a, R> {
-    Nic {
-        token: R,
-        guard: &'a mut SynGuard,
-        assist: &'a RefCell<RecoveryAssist>,
-        keeper: &'a RefCell<FinKeeper>,
-        inject: &'a mut VecDeque<Vec<u8>>,
-        counters: &'a StackCounters,
-        link: Link,
-        now: Instant,
-    },
-    Loop {
-        packet: Vec<u8>,
-        free: &'a mut Vec<Vec<u8>>,
-        guard: &'a mut SynGuard,
-        counters: &'a StackCounters,
-        link: Link,
-    },
+/// A received packet, screened and staged by [`StackDevice::stage`].
+pub(crate) struct StackRx<'a> {
+    packet: Vec<u8>,
+    free: &'a mut Vec<Vec<u8>>,
 }
 
-impl<R: phy::RxToken> phy::RxToken for StackRx<'_, R> {
+impl phy::RxToken for StackRx<'_> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
-        match self {
-            StackRx::Nic { token, guard, assist, keeper, inject, counters, link, now } => token.consume(|frame| {
+        let r = f(&self.packet);
+        self.free.push(self.packet);
+        r
+    }
+}
+
+/// Screens a packet the stack looped back, approved or injected: checked
+/// again, but not held again. `Some(route)` if smoltcp may have it.
+fn screen_looped(packet: &[u8], link: Link, guard: &mut SynGuard, counters: &StackCounters) -> Option<Route> {
+    match link.payload(packet) {
+        Payload::Ip(off) => match ingress::inspect(&packet[off..], true) {
+            Ok(acc) => match acc.tcp {
+                None => Some(None),
+                Some(t) => {
+                    if t.syn && t.ack {
+                        guard.synacks.push((t.tuple, t.seq));
+                    }
+                    (!t.syn || t.ack || t.rst || guard.admit(t.tuple, t.seq, counters)).then_some(Some(t.tuple))
+                }
+            },
+            Err(_) => None,
+        },
+        Payload::Arp => Some(None),
+        Payload::Unsupported => None,
+    }
+}
+
+/// Where a staged packet goes: the 4-tuple of a TCP segment (its
+/// connection's shard), or `None` (shard 0).
+pub(crate) type Route = Option<FourTuple>;
+
+/// Copies `frame` into a spare buffer.
+fn copy_frame(free: &mut Vec<Vec<u8>>, frame: &[u8]) -> Vec<u8> {
+    let mut buf = free.pop().unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(frame);
+    buf
+}
+
+impl<N: Nic> StackDevice<N> {
+    /// Takes the next packet smoltcp should see — injected, approved or
+    /// looped back first, then from the NIC — screens it (ingress checks,
+    /// SYN guard, RFC 5961 holding, recovery assist, FIN keeper) and keeps
+    /// it for the next [`receive`](Device::receive). Returns its route, so
+    /// that the driver polls the right shard; `None` when nothing is left
+    /// (or the holding area is full). A packet already staged is returned
+    /// again.
+    pub(crate) fn stage(&mut self, now: Instant) -> Option<Route> {
+        if let Some((_, route)) = &self.staged {
+            return Some(*route);
+        }
+        loop {
+            let looped =
+                self.inject.pop_front().or_else(|| self.approved.pop_front()).or_else(|| self.loopq.pop_front());
+            if let Some(packet) = looped {
+                match screen_looped(&packet, self.link, &mut self.guard, &self.counters) {
+                    Some(route) => {
+                        self.staged = Some((packet, route));
+                        return Some(route);
+                    }
+                    None => {
+                        self.loop_free.push(packet);
+                        continue;
+                    }
+                }
+            }
+            if self.guard.held.len() >= HELD_MAX {
+                // End this round: the driver judges what is held, then
+                // polls again. The NIC keeps the rest meanwhile.
+                self.throttled = true;
+                return None;
+            }
+            let Self { nic, guard, inject, assist, keeper, loop_free, counters, link, staged, .. } = self;
+            let (rx, tx) = nic.receive(now)?;
+            drop(tx);
+            let (link, counters) = (*link, &**counters);
+            rx.consume(|frame| {
                 counters.rx_packets.inc();
                 counters.rx_bytes.add(frame.len() as u64);
                 let packet = match link.payload(frame) {
                     Payload::Ip(off) => &frame[off..],
                     // smoltcp checks ARP itself.
-                    Payload::Arp => return f(frame),
+                    Payload::Arp => {
+                        *staged = Some((copy_frame(loop_free, frame), None));
+                        return;
+                    }
                     Payload::Unsupported => {
                         counters.rx_dropped_link.inc();
-                        return f(&[]);
+                        return;
                     }
                 };
                 match ingress::inspect(packet, false) {
                     Ok(acc) if acc.tcp.is_none_or(|t| guard.screen(&t, frame, counters)) => {
-                        keeper.borrow_mut().on_ingress(packet);
-                        // Bind first: smoltcp may transmit (and so borrow the
-                        // assist) while handling the packet.
-                        let assisted = assist.borrow_mut().on_ingress(now, packet);
-                        match assisted {
-                            Ingress::Pass => f(frame),
+                        keeper.get_mut().on_ingress(packet);
+                        let route = acc.tcp.map(|t| t.tuple);
+                        match assist.get_mut().on_ingress(now, packet) {
+                            Ingress::Pass => *staged = Some((copy_frame(loop_free, frame), route)),
                             Ingress::AcksFirst(ack) => {
                                 // The pure ACKs go first, then the real segment.
                                 inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
                                 inject.push_back(packet.to_vec());
-                                f(&ack)
+                                *staged = Some((ack, route));
                             }
-                            Ingress::Replace(fixed) => {
-                                inject.push_back(fixed);
-                                f(&[])
-                            }
+                            Ingress::Replace(fixed) => inject.push_back(fixed),
                         }
                     }
-                    // An empty frame is a no-op for smoltcp.
-                    Ok(_) => f(&[]),
-                    Err(refusal) => {
-                        match refusal {
-                            Refusal::Malformed => counters.rx_dropped_malformed.inc(),
-                            Refusal::Checksum => counters.rx_dropped_checksum.inc(),
-                            Refusal::Martian => counters.rx_dropped_martian.inc(),
-                        }
-                        f(&[])
-                    }
-                }
-            }),
-            StackRx::Loop { packet, free, guard, counters, link } => {
-                let admitted = match link.payload(&packet) {
-                    Payload::Ip(off) => match ingress::inspect(&packet[off..], true) {
-                        Ok(acc) => acc.tcp.is_none_or(|t| {
-                            if t.syn && t.ack {
-                                guard.synacks.push((t.tuple, t.seq));
-                            }
-                            !t.syn || t.ack || t.rst || guard.admit(t.tuple, t.seq, counters)
-                        }),
-                        Err(_) => false,
+                    Ok(_) => {}
+                    Err(refusal) => match refusal {
+                        Refusal::Malformed => counters.rx_dropped_malformed.inc(),
+                        Refusal::Checksum => counters.rx_dropped_checksum.inc(),
+                        Refusal::Martian => counters.rx_dropped_martian.inc(),
                     },
-                    Payload::Arp => true,
-                    Payload::Unsupported => false,
-                };
-                let r = if admitted { f(&packet) } else { f(&[]) };
-                free.push(packet);
-                r
+                }
+            });
+            if let Some((_, route)) = &self.staged {
+                return Some(*route);
             }
         }
     }
@@ -534,62 +599,45 @@ impl<T: phy::TxToken> phy::TxToken for StackTx<'_, T> {
 }
 
 impl<N: Nic> Device for StackDevice<N> {
-    type RxToken<'a> = StackRx<'a, N::RxToken<'a>>;
+    type RxToken<'a> = StackRx<'a>;
     type TxToken<'a> = StackTx<'a, N::TxToken<'a>>;
 
+    /// The packet [`stage`](StackDevice::stage) prepared, if any (and if
+    /// the NIC can take a reply).
     fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let Self {
             nic,
-            guard,
-            inject,
-            assist,
-            keeper,
             loopq,
             loop_free,
             scratch,
             local,
+            assist,
+            keeper,
             counters,
             link,
             eth_headers,
-            approved,
             snd,
-            challenge_acks: _,
-            throttled,
+            staged,
+            ..
         } = self;
-        let link = *link;
-        // Held segments the driver approved are delivered like looped ones:
-        // re-checked, not held again.
-        if let Some(packet) = inject.pop_front().or_else(|| approved.pop_front()).or_else(|| loopq.pop_front()) {
-            let nic = nic.transmit(now)?;
-            let rx = StackRx::Loop { packet, free: loop_free, guard, counters, link };
-            let loop_free = None;
-            let tx = StackTx {
-                nic,
-                loopq,
-                loop_free,
-                scratch,
-                local,
-                assist,
-                keeper,
-                counters,
-                link,
-                eth_headers,
-                snd,
-                now,
-            };
-            return Some((rx, tx));
-        }
-        if guard.held.len() >= HELD_MAX {
-            // End this poll: the driver judges what is held, then polls
-            // again. The NIC keeps the rest meanwhile.
-            *throttled = true;
-            return None;
-        }
-        let (rx, nic) = nic.receive(now)?;
-        let rx = StackRx::Nic { token: rx, guard, assist, keeper, inject, counters, link, now };
-        let loop_free = Some(loop_free);
-        let tx =
-            StackTx { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, snd, now };
+        staged.as_ref()?;
+        let nic = nic.transmit(now)?;
+        let (packet, _) = staged.take()?;
+        let rx = StackRx { packet, free: loop_free };
+        let tx = StackTx {
+            nic,
+            loopq,
+            loop_free: None,
+            scratch,
+            local,
+            assist,
+            keeper,
+            counters,
+            link: *link,
+            eth_headers,
+            snd,
+            now,
+        };
         Some((rx, tx))
     }
 

@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use smoltcp::iface::{PollIngressSingleResult, PollResult};
 use smoltcp::time::Instant;
 
 use super::Shared;
+use super::core::Core;
 use super::device::StackDevice;
 use crate::nic::Nic;
 use crate::sys;
@@ -36,14 +38,13 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             core.now = now;
             device.service(now);
             let core = &mut *core;
-            core.iface.poll(now, &mut device, &mut core.sockets);
+            poll_shards(core, &mut device, now);
             core.maintain_listeners(&mut device.guard);
             core.settle_held(&mut device, now);
             core.reap_orphans(&mut device.guard);
             core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();
-            let smol = core.iface.poll_at(now, &core.sockets);
-            [smol, device.poll_at()].into_iter().flatten().min()
+            [core.sockets.poll_at(now), device.poll_at()].into_iter().flatten().min()
         };
         if device.has_loopback() || shared.waker.is_pending() {
             continue;
@@ -69,6 +70,32 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             std::thread::sleep(Duration::from_millis(10));
         }
         counters.driver_wakeups.inc();
+    }
+}
+
+/// One round of smoltcp work: every arriving packet is handed to the
+/// shard of its connection, one at a time; then each shard that has work
+/// (a packet arrived, an application touched a socket, its deadline
+/// passed) sends what it has and computes its next deadline. Shards
+/// without work are not visited, so idle connections cost nothing here.
+fn poll_shards<N: Nic>(core: &mut Core, device: &mut StackDevice<N>, now: Instant) {
+    core.iface.poll_maintenance(now);
+    while let Some(route) = device.stage(now) {
+        let shard = core.shard_for(&device.guard, route);
+        let s = &mut core.sockets.shards_mut()[shard];
+        s.dirty = true;
+        if core.iface.poll_ingress_single(now, device, &mut s.set) == PollIngressSingleResult::None {
+            // The NIC cannot take a reply now: the packet stays staged.
+            break;
+        }
+    }
+    for s in core.sockets.shards_mut() {
+        if !s.due(now) {
+            continue;
+        }
+        s.dirty = false;
+        while core.iface.poll_egress(now, device, &mut s.set) != PollResult::None {}
+        s.deadline = core.iface.poll_at(now, &s.set);
     }
 }
 

@@ -26,10 +26,12 @@ mod device;
 mod driver;
 mod fin_keeper;
 pub(crate) mod ingress;
+mod limits;
 mod link;
 mod ports;
 mod recovery;
 mod segment;
+pub(crate) mod shards;
 
 pub use config::{Cidr, CidrParseError, Route, StackConfig};
 pub use ports::PortError;
@@ -137,12 +139,14 @@ impl Stack {
             Some(mac) => HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress(mac)),
             None => HardwareAddress::Ip,
         };
+        let conns = limits::SharedConns::new(config.max_connections, config.max_connections_per_peer);
         let mut device = device::StackDevice::new(
             nic,
             local,
             counters.clone(),
             config.tcp_recovery_assist,
             config.tcp_challenge_ack_limit,
+            conns.clone(),
         );
         let mut iface_config = Config::new(hardware);
         iface_config.random_seed = seed;
@@ -167,7 +171,7 @@ impl Stack {
 
         let name = config.name.clone();
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core::new(iface, config, counters.clone(), seed)),
+            core: Mutex::new(Core::new(iface, config, counters.clone(), seed, conns)),
             waker,
             counters,
             nic_counters,
@@ -213,7 +217,14 @@ impl Stack {
     /// Number of sockets smoltcp currently holds (connections, listening
     /// sockets, lingering closes).
     pub fn socket_count(&self) -> usize {
-        self.shared().lock().sockets.iter().count()
+        self.shared().lock().sockets.len()
+    }
+
+    /// TCP connections the stack holds, as its connection limits count
+    /// them (`StackConfig::max_connections`): every socket with a
+    /// connection in any state, until the socket is gone; not listeners.
+    pub fn connection_count(&self) -> usize {
+        self.shared().lock().connection_count()
     }
 
     /// The static routes the stack was configured with.
@@ -291,6 +302,11 @@ fn validate(config: &StackConfig) -> Result<(), StackError> {
                 r.dest, r.via
             )));
         }
+    }
+    if config.max_connections == Some(0) || config.max_connections_per_peer == Some(0) {
+        return Err(StackError::Config(
+            "max_connections and max_connections_per_peer must be at least 1 (None: no limit)".to_string(),
+        ));
     }
     if config.tcp_rx_buffer < 1024 || config.tcp_tx_buffer < 1024 {
         return Err(StackError::Config("TCP buffers must be at least 1024 bytes".to_string()));

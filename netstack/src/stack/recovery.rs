@@ -182,12 +182,16 @@ pub(crate) struct RecoveryAssist {
     counters: Arc<StackCounters>,
     /// Extra copies of packets to send as soon as possible (window updates).
     pub(crate) pending_tx: Vec<Vec<u8>>,
+    /// No flow's probe is due before this (a lower bound, exact after each
+    /// scan), so that idle flows cost nothing per driver iteration: the
+    /// flows are scanned only once it has passed.
+    earliest: Option<Instant>,
 }
 
 impl RecoveryAssist {
     /// An assist that is active only if `enabled` and counts into `counters`.
     pub(crate) fn new(enabled: bool, counters: Arc<StackCounters>) -> Self {
-        Self { enabled, flows: HashMap::new(), counters, pending_tx: Vec::new() }
+        Self { enabled, flows: HashMap::new(), counters, pending_tx: Vec::new(), earliest: None }
     }
 
     /// Notes a segment we are sending, and fixes the sequence number of pure
@@ -256,8 +260,19 @@ impl RecoveryAssist {
         {
             flow.rcv_nxt = Some(ack);
         }
+        let probe_at = flow.probe_at;
         if flow.finished() {
             flows.remove(&key);
+        }
+        self.note_probe(probe_at);
+    }
+
+    /// Keeps [`earliest`](Self::earliest) a lower bound of every probe.
+    fn note_probe(&mut self, probe_at: Option<Instant>) {
+        if let Some(t) = probe_at
+            && self.earliest.is_none_or(|e| t < e)
+        {
+            self.earliest = Some(t);
         }
     }
 
@@ -299,9 +314,11 @@ impl RecoveryAssist {
             }
             None => Ingress::Pass,
         };
+        let probe_at = flow.probe_at;
         if flow.finished() {
             self.flows.remove(&key);
         }
+        self.note_probe(probe_at);
         verdict
     }
 
@@ -314,12 +331,13 @@ impl RecoveryAssist {
 }
 
 impl RecoveryAssist {
-    /// The earliest probe deadline of any flow; "now" while copies wait.
+    /// No probe is due before this (it may be early, never late); "now"
+    /// while copies wait. O(1).
     pub(crate) fn poll_at(&self) -> Option<Instant> {
         if !self.pending_tx.is_empty() {
             return Some(Instant::ZERO);
         }
-        self.flows.values().filter_map(|f| f.probe_at).min()
+        self.earliest
     }
 
     /// Probes flows whose ACK point has not moved for their probe timeout:
@@ -333,10 +351,20 @@ impl RecoveryAssist {
     ///
     /// When only our FIN is unacknowledged there is nothing to probe for:
     /// the FIN keeper resends it.
+    ///
+    /// Scans the flows only once [`poll_at`](Self::poll_at) has passed,
+    /// and leaves it exact.
     pub(crate) fn on_timer(&mut self, now: Instant, out: &mut std::collections::VecDeque<Vec<u8>>) {
+        if self.earliest.is_none_or(|e| e > now) {
+            return;
+        }
+        let mut earliest = None;
         for flow in self.flows.values_mut() {
             let due = flow.probe_at.is_some_and(|t| t <= now);
             if !due {
+                if let Some(t) = flow.probe_at {
+                    earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
+                }
                 continue;
             }
             let probe = flow.outstanding() && !flow.only_fin_outstanding();
@@ -354,7 +382,11 @@ impl RecoveryAssist {
             flow.probes += 1;
             flow.recover = flow.snd_max;
             flow.arm_probe(now);
+            if let Some(t) = flow.probe_at {
+                earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
+            }
         }
+        self.earliest = earliest;
     }
 }
 
@@ -514,8 +546,12 @@ mod tests {
         assert!(out.iter().all(|p| parse(p).unwrap().tcp.ack_number == Some(TcpSeqNumber(100))));
         // Backed off: the next probe waits twice as long.
         assert_eq!(r.poll_at().unwrap() - due, Duration::from_millis(46));
-        // Progress disarms it once everything is acknowledged.
+        // Progress disarms it once everything is acknowledged. `poll_at` is
+        // a lower bound: the scan at it finds nothing due and makes it exact.
         r.on_ingress(due, &segment(B, A, 5000, 200, 0));
+        let stale = r.poll_at().expect("a lower bound until the next scan");
+        r.on_timer(stale, &mut out);
+        assert_eq!(out.len(), 5, "nothing to probe");
         assert_eq!(r.poll_at(), None);
     }
 

@@ -1,0 +1,206 @@
+//! The flow-table figures (issue 7), all over two plebnet stacks joined by
+//! a MemLink (MTU 1500) in this process:
+//!
+//! * `conns_10k_vs_10_goodput`: bulk goodput of one connection while
+//!   10,000 idle established connections exist between the two stacks,
+//!   divided by the same with 10.
+//! * `rss_per_idle_conn_kib`: growth of this process's resident memory per
+//!   idle established connection, **both ends counted** (each connection
+//!   is two sockets, one per stack, plus both applications' handles).
+//! * `connect_rate_vs_kernel`: connections opened and closed per second,
+//!   one after another, over the MemLink, divided by the same over kernel
+//!   loopback (std::net on 127.0.0.1) in the same run.
+
+use std::error::Error;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Instant;
+
+use plebnet::net::{NetStack, OsStack, Stack, StackConfig, TcpListener, TcpListenerApi, TcpStream};
+use plebnet::netstack::nic::{MemLink, MemLinkConfig};
+use serde_json::json;
+
+use super::goodput::tcp_goodput;
+use super::memlink::gbit;
+use super::{Better, Effort, Figure, Stats};
+
+/// Socket buffers of every connection in these figures (the bulk one too).
+const BUFFER: usize = 64 * 1024;
+/// Idle connections for the memory figure.
+const RSS_CONNS: usize = 10_000;
+/// Bytes each idle connection of the memory figure echoes once, so that
+/// its buffers have been used as a real connection's would have.
+const RSS_ECHO: usize = 64;
+
+/// Two stacks over a MemLink: A 10.89.0.1 (listens), B 10.89.0.2.
+fn stacks() -> Result<(Stack, Stack), Box<dyn Error>> {
+    let (na, nb) = MemLink::pair(MemLinkConfig { mtu: 1500, queue_packets: 4096 });
+    let config = |addr: &str| {
+        let mut c = StackConfig::with_address(addr);
+        c.tcp_rx_buffer = BUFFER;
+        c.tcp_tx_buffer = BUFFER;
+        c.default_backlog = 1024;
+        c
+    };
+    Ok((Stack::new(config("10.89.0.1/24"), na)?, Stack::new(config("10.89.0.2/24"), nb)?))
+}
+
+/// Opens `n` connections from B to A (accepted on A), each echoing `echo`
+/// bytes once (checked), and returns both ends.
+fn open_idle(a: &Stack, b: &Stack, n: usize, echo: usize) -> Result<Vec<(TcpStream, TcpStream)>, Box<dyn Error>> {
+    let listener = TcpListener::bind(a, "10.89.0.1:6000".parse()?)?;
+    let acceptor = thread::spawn(move || -> std::io::Result<Vec<TcpStream>> {
+        (0..n).map(|_| listener.accept().map(|(s, _)| s)).collect()
+    });
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(TcpStream::connect(b, "10.89.0.1:6000".parse()?)?);
+    }
+    let served = acceptor.join().map_err(|_| "acceptor panicked")??;
+    if echo > 0 {
+        let msg: Vec<u8> = (0..echo).map(|i| i as u8).collect();
+        let mut buf = vec![0u8; echo];
+        for (mut c, mut s) in clients.iter().zip(&served) {
+            c.write_all(&msg)?;
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+            c.read_exact(&mut buf)?;
+            if buf != msg {
+                return Err("an idle connection's echo differs from what was sent".into());
+            }
+        }
+    }
+    Ok(clients.into_iter().zip(served).collect())
+}
+
+/// Goodput of one bulk connection (bits/s) while `idle` idle connections
+/// exist between the two stacks.
+fn goodput_beside(idle: usize, bytes: usize) -> Result<f64, Box<dyn Error>> {
+    let (a, b) = stacks()?;
+    let conns = open_idle(&a, &b, idle, 0)?;
+    let goodput = tcp_goodput(&a, &b, "10.89.0.1:6001".parse()?, bytes)?;
+    if a.connection_count() < idle + 1 {
+        return Err(format!("only {} of {idle} idle connections left", a.connection_count()).into());
+    }
+    drop(conns);
+    Ok(goodput)
+}
+
+/// `conns_10k_vs_10_goodput`.
+pub fn conns_10k_vs_10_goodput(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+    let (mut many, mut few) = (Vec::new(), Vec::new());
+    for _ in 0..effort.runs {
+        few.push(goodput_beside(10, effort.bytes)?);
+        many.push(goodput_beside(10_000, effort.bytes)?);
+    }
+    let (m, f) = (Stats::of(&many), Stats::of(&few));
+    let ratios: Vec<f64> = many.iter().zip(&few).map(|(m, f)| m / f).collect();
+    Ok(Figure {
+        name: "conns_10k_vs_10_goodput",
+        value: Some(m.median / f.median),
+        unit: "ratio",
+        goal: 0.8,
+        better: Better::Higher,
+        status: "measured",
+        detail: json!({
+            "beside_10000_idle_gbit_s": gbit(m),
+            "beside_10_idle_gbit_s": gbit(f),
+            "per_run_ratio": Stats::of(&ratios),
+            "bytes_per_run": effort.bytes,
+            "socket_buffer": BUFFER,
+            "link": "MemLink, MTU 1500",
+        }),
+    })
+}
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> Result<u64, Box<dyn Error>> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm.split_whitespace().nth(1).ok_or("short /proc/self/statm")?.parse()?;
+    Ok(pages * 4096)
+}
+
+/// KiB of resident memory per idle established connection, both ends.
+fn rss_per_conn_once() -> Result<f64, Box<dyn Error>> {
+    let (a, b) = stacks()?;
+    // Warm up the code paths and allocator, so they are not counted.
+    drop(open_idle(&a, &b, 16, RSS_ECHO)?);
+    let before = rss_bytes()?;
+    let conns = open_idle(&a, &b, RSS_CONNS, RSS_ECHO)?;
+    let after = rss_bytes()?;
+    drop(conns);
+    Ok(after.saturating_sub(before) as f64 / 1024.0 / RSS_CONNS as f64)
+}
+
+/// `rss_per_idle_conn_kib`.
+pub fn rss_per_idle_conn_kib(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+    let samples = (0..effort.runs).map(|_| rss_per_conn_once()).collect::<Result<Vec<_>, _>>()?;
+    let s = Stats::of(&samples);
+    Ok(Figure {
+        name: "rss_per_idle_conn_kib",
+        value: Some(s.median),
+        unit: "KiB",
+        goal: 64.0,
+        better: Better::Lower,
+        status: "measured",
+        detail: json!({
+            "kib_per_connection_both_ends": s,
+            "kib_per_socket": s.median / 2.0,
+            "connections": RSS_CONNS,
+            "echoed_bytes_each": RSS_ECHO,
+            "socket_buffer": BUFFER,
+            "counted": "growth of the process's resident memory while the connections were opened, \
+                        divided by their number; each connection is two plebnet sockets (one per stack) \
+                        and both applications' stream handles",
+        }),
+    })
+}
+
+/// Opens and closes `count` connections one after another from `client` to
+/// a listener of `server` at `addr`: connect, accept, the client closes, the
+/// server reads EOF and closes. Returns connections per second.
+fn open_close_rate<S: NetStack>(server: &S, client: &S, addr: SocketAddr, count: usize) -> Result<f64, Box<dyn Error>> {
+    let listener = server.tcp_listen(addr).map_err(|e| format!("listen {addr}: {e}"))?;
+    let target = listener.local_addr()?;
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    for _ in 0..count {
+        let c = client.tcp_connect(target).map_err(|e| format!("connect {target}: {e}"))?;
+        let (mut s, _) = listener.accept()?;
+        drop(c);
+        if s.read(&mut buf)? != 0 {
+            return Err("data on a connection that carried none".into());
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `connect_rate_vs_kernel`.
+pub fn connect_rate_vs_kernel(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+    // Closed connections linger in TIME-WAIT (smoltcp: 10 s, Linux: 60 s)
+    // and keep their ephemeral port: stay well below either range.
+    let count = if effort.bytes >= 256 << 20 { 3000 } else { 1500 };
+    let (mut ours, mut kernel) = (Vec::new(), Vec::new());
+    for _ in 0..effort.runs {
+        kernel.push(open_close_rate(&OsStack, &OsStack, "127.0.0.1:0".parse()?, count)?);
+        let (a, b) = stacks()?;
+        ours.push(open_close_rate(&a, &b, "10.89.0.1:6002".parse()?, count)?);
+    }
+    let (o, k) = (Stats::of(&ours), Stats::of(&kernel));
+    Ok(Figure {
+        name: "connect_rate_vs_kernel",
+        value: Some(o.median / k.median),
+        unit: "ratio",
+        goal: 0.5,
+        better: Better::Higher,
+        status: "measured",
+        detail: json!({
+            "plebnet_conns_per_s": o,
+            "kernel_conns_per_s": k,
+            "connections_per_run": count,
+            "plebnet_link": "MemLink, MTU 1500",
+            "kernel": "std::net over 127.0.0.1",
+        }),
+    })
+}
