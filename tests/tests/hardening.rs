@@ -239,7 +239,6 @@ fn a_syn_flood_leaves_transfers_intact_memory_bounded_and_the_listener_usable() 
 
     let counters = a.stack_counters();
     assert!(counters.syn_dropped_backlog_full.get() > 0, "the backlog filled");
-    assert!(counters.syn_half_open_evicted.get() > 0, "half-open connections made room");
     assert_eq!(counters.rx_dropped_held_full.get(), 0);
     let connect_started = Instant::now();
     let mut c = TcpStream::connect_timeout(&b, "10.7.0.1:8000".parse().unwrap(), Duration::from_secs(20)).unwrap();
@@ -248,6 +247,9 @@ fn a_syn_flood_leaves_transfers_intact_memory_bounded_and_the_listener_usable() 
     let mut buf = [0u8; 15];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"after the flood");
+    // Spoofed half-open connections aged past the eviction bound and made room (real clients' young
+    // half-open connections are never evicted).
+    assert!(counters.syn_half_open_evicted.get() > 0, "half-open connections made room");
     eprintln!(
         "syn flood: {FLOOD} SYNs in {flood_time:?}; backlog drops {}, half-open evicted {}; RSS growth {} KiB; \
          new connection after the flood in {:?}",

@@ -35,6 +35,9 @@ pub(crate) struct ListenerState {
     pub(crate) pool: Vec<Handle>,
     /// Sockets that left LISTEN and are not yet accepted, in arrival order.
     pub(crate) pending: VecDeque<(Handle, FourTuple)>,
+    /// When each pending socket left LISTEN (entries of sockets no longer
+    /// pending are pruned when the listener evicts).
+    pub(crate) pending_since: std::collections::HashMap<Handle, Instant>,
     pub(crate) accept_event: Arc<Event>,
     /// Accept-ready connections at the last notification.
     notified_ready: usize,
@@ -170,6 +173,7 @@ impl Core {
             backlog: backlog.max(1),
             pool: Vec::new(),
             pending: VecDeque::new(),
+            pending_since: std::collections::HashMap::new(),
             accept_event: accept_event.clone(),
             notified_ready: 0,
         };
@@ -204,9 +208,10 @@ impl Core {
         let mut conns = self.conns.lock();
         let mut stray = Vec::new();
         for listener in self.listeners.values_mut() {
-            sort_pool(listener, &mut self.sockets, guard, &mut self.index, &mut conns, &mut stray);
+            sort_pool(listener, &mut self.sockets, guard, &mut self.index, &mut conns, &mut stray, self.now);
             if guard.pressed.contains(&listener.endpoint.port) {
-                evict_half_open(listener, &mut self.sockets, guard, &mut self.index, &mut conns, &self.counters);
+                let now = self.now;
+                evict_half_open(listener, &mut self.sockets, guard, &mut self.index, &mut conns, &self.counters, now);
             }
             refill_pool(listener, &mut self.sockets, &self.config);
             guard.available.entry(listener.endpoint.port).or_default().extend(listener.pool.iter().map(|h| h.shard()));
@@ -542,6 +547,7 @@ fn sort_pool(
     index: &mut TcpIndex,
     conns: &mut ConnTable,
     stray: &mut Vec<Handle>,
+    now: Instant,
 ) {
     let mut i = 0;
     while i < listener.pool.len() {
@@ -571,6 +577,7 @@ fn sort_pool(
                 guard.live.insert(tuple);
                 index.insert(tuple, h, guard.batch.get(&tuple).map(|b| b.0));
                 listener.pending.push_back((h, tuple));
+                listener.pending_since.insert(h, now);
             }
         }
     }
@@ -601,15 +608,20 @@ fn sort_pool(
 /// Half-open connections a pressed listener drops at once, at most.
 const EVICT_BATCH: usize = 8;
 
+/// A half-open connection younger than this is never evicted: a real client
+/// completes its handshake within a round trip.
+const HALF_OPEN_MIN_AGE: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(500);
+
 /// A listener whose backlog refused SYNs makes room: its oldest half-open
 /// connections (SYN-RECEIVED, most likely spoofed SYNs that will never
 /// complete) are removed silently, without an RST, so that the next SYN,
 /// such as a real client's retransmission, finds a free listening socket.
 /// Established connections waiting for `accept` are never dropped, and
-/// nothing is evicted unless half-open connections fill the whole backlog:
-/// a burst of real clients (redis-benchmark opens 50 at once) also presses
-/// the listener for a moment, and evicting one of them after its SYN-ACK
-/// left would reset a client that believes it is connected.
+/// neither is a half-open connection younger than [`HALF_OPEN_MIN_AGE`]: a
+/// burst of real clients (redis-benchmark opens 50 at once) also presses the
+/// listener for a moment, and evicting one of them after its SYN-ACK left
+/// would reset a client that believes it is connected. Spoofed SYNs never
+/// complete, so they age past the bound and go.
 fn evict_half_open(
     listener: &mut ListenerState,
     sockets: &mut Sockets,
@@ -617,24 +629,21 @@ fn evict_half_open(
     index: &mut TcpIndex,
     conns: &mut ConnTable,
     counters: &StackCounters,
+    now: Instant,
 ) {
-    let half_open = listener
-        .pending
-        .iter()
-        .filter(|(h, _)| sockets.get::<tcp::Socket>(*h).state() == tcp::State::SynReceived)
-        .count();
-    if half_open < listener.backlog {
-        return;
-    }
+    let pending = &listener.pending;
+    listener.pending_since.retain(|h, _| pending.iter().any(|(p, _)| p == h));
     let mut evicted = 0;
     let mut j = 0;
     while j < listener.pending.len() && evicted < EVICT_BATCH {
         let (h, tuple) = listener.pending[j];
-        if sockets.get::<tcp::Socket>(h).state() != tcp::State::SynReceived {
+        let young = listener.pending_since.get(&h).is_some_and(|&t| now - t < HALF_OPEN_MIN_AGE);
+        if young || sockets.get::<tcp::Socket>(h).state() != tcp::State::SynReceived {
             j += 1;
             continue;
         }
         let _ = listener.pending.remove(j);
+        listener.pending_since.remove(&h);
         guard.live.remove(&tuple);
         conns.remove(h);
         index.forget(h);
