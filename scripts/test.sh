@@ -61,4 +61,4 @@ step "fuzz smoke (3 s per target; scripts/fuzz.sh [SECONDS] for real runs)"
 scripts/fuzz.sh 3
 
 step "plebnet demo (the README's first command, short)"
-cargo run --locked --quiet --bin plebnet -- demo --size 4 --conns 2
+cargo run --locked --quiet --bin plebnet -- demo --size 16
