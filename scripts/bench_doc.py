@@ -31,7 +31,7 @@ def main(path):
         "noisy. Reproduce with:",
         "",
         "```sh",
-        "cargo run --release --bin plebnet -- bench --json docs/bench-latest.json   # 5 runs x 256 MiB",
+        "cargo run --release --bin plebnet -- bench --json docs/bench-latest.json --plot docs   # 5 runs x 256 MiB",
         "python3 scripts/bench_doc.py docs/bench-latest.json > docs/benchmarks.md",
         "cargo run --release --bin plebnet -- bench --quick                        # 3 runs x 64 MiB",
         "```",
@@ -89,6 +89,23 @@ def main(path):
 
 
 DESCRIPTIONS = {
+    "multipath_aggregate_vs_single": "A download through a two-leg multipath tunnel (weighted round-robin), each leg a "
+    "TLS cell stream over its own pair of stacks and MemLink, each path rate-limited to the same R by the "
+    "impairment middleware (10 ms RTT), divided by the same through a one-leg tunnel over one such path, same run.",
+    "multipath_failover_stall_s": "Two paths at 10 ms RTT and R each, LowRTT; when half has arrived the leg that "
+    "carried the most is killed (its socket shut); the value is the longest gap between reads in the next 4 MiB. "
+    "The first run's per-leg throughput is plotted below (`--plot DIR`; blue and red are the two legs, the "
+    "orange line is the kill; x is time, y is Mbit/s per 50 ms window).\n\n"
+    "![per-leg throughput through a failover](multipath_failover.png)",
+    "shim_iperf3_vs_api": "iperf3 between two processes on plebnet through the LD_PRELOAD shim (`plebnet run`, "
+    "UdpNics on loopback, MTU 1400), divided by one plebnet TcpStream between two stacks with the same NIC, MTU "
+    "and buffers, same bytes, same run.",
+    "conns_10k_vs_10_goodput": "Bulk goodput of one connection over a MemLink while 10,000 idle established "
+    "connections exist on the same two stacks, divided by the same with 10.",
+    "rss_per_idle_conn_kib": "Growth of resident memory while 10,000 connections are opened (each echoes 64 bytes, "
+    "then idles), divided by their number; each connection counts both ends.",
+    "connect_rate_vs_kernel": "Connections opened and closed per second, one at a time, between two stacks over "
+    "a MemLink, divided by the same with std::net over 127.0.0.1.",
     "tls_cells_vs_kernel_tls": "514-byte cells per second over one TLS 1.3 cell stream (rustls) over plebnet TCP "
     "between two stacks on UdpNics at MTU 65000 on loopback, divided by the same over kernel TCP on loopback.",
     "udp_mtu1400_tcp_vs_raw_udp": "One TCP connection between two stacks over UdpNics on loopback at MTU 1400, "
