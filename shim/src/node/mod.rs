@@ -276,6 +276,12 @@ fn stack_config(config: &NodeConfig, i: usize, iface: &InterfaceConfig) -> Stack
         default_backlog: config.tcp.backlog,
         tcp_recovery_assist: config.tcp.recovery_assist,
         seed: config.seed.map(|s| s.wrapping_add(i as u64)),
+        // UDP has no flow control: a node's UDP sockets (and the programs a
+        // preloaded process runs, such as nc) take bursts as large as the
+        // UdpNic's kernel socket buffer (4 MiB) without dropping. The memory
+        // is calloc'd, so it is resident only as far as a burst fills it.
+        udp_buffer: 4 << 20,
+        udp_packets: 2048,
         ..StackConfig::default()
     }
 }
