@@ -18,11 +18,12 @@
 //! buffers) and so do TLS cell streams ([`tls`]: cells over rustls over any
 //! `TcpStreamApi` socket, split into a reader and a writer for two threads,
 //! with certificate pinning; a blocking driver around rustls's sans-IO
-//! connection, the one place here that touches a socket), and so do cell channels ([`channel`]: many
+//! connection), and so do cell channels ([`channel`]: many
 //! circuits multiplexed by circuit ID over one TLS cell stream, a demux thread routing cells into bounded
-//! per-circuit queues, an overflowing circuit closed alone). The DTLS link
-//! (the rest of issue 4) and multipath tunnels (issue 5) are still to come;
-//! the README's feature table tracks them.
+//! per-circuit queues, an overflowing circuit closed alone) and multipath tunnels ([`multipath`]: a sans-IO
+//! conflux core with tunnel-level streams, acknowledgement and reinjection, a bounded reorder queue and
+//! responder-side joining, and a threaded driver over TLS cell streams). The DTLS link (the rest of issue 4)
+//! is still to come; the README's feature table tracks it.
 #![forbid(unsafe_code)]
 
 pub mod cell;
