@@ -20,7 +20,7 @@
 //! free; otherwise the writer, which re-checks a "pending" flag after releasing the lock). The writer never
 //! consumes the reader's wake-up: only the reader reads the socket.
 //!
-//! With the `async` feature, [`TlsCellStream::split_async`] gives `AsyncCellReader`/`AsyncCellWriter`
+//! With the `async` feature, `TlsCellStream::split_async` gives `AsyncCellReader`/`AsyncCellWriter`
 //! halves for two async tasks (futures-io traits), built the same way: each half has its own wake-up.
 //!
 //! Peer identity works the relay way: [`client_config_pinned`] accepts exactly one [`Pin`]ned certificate
