@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -151,7 +151,6 @@ impl Drop for Proc {
 fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + limit;
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -164,16 +163,21 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
         let _ = err.read_to_end(&mut v);
         v
     });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+    // A waiter thread reaps the child and reports: no polling. On timeout
+    // the child, not yet reaped, is killed by its PID.
+    let pid = child.id() as libc::pid_t;
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let status = match exited.recv_timeout(limit) {
+        Ok(status) => status.expect("wait for the child"),
+        Err(_) => {
+            // SAFETY: kill(2) on the PID of our own child, which the waiter has not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = exited.recv();
             panic!("{cmd:?} did not finish within {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
     Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
 }
@@ -324,7 +328,7 @@ fn python_select_poll_epoll_see_every_readiness_on_mixed_descriptors() {
 
 /// Starts `nc -v ARGS` preloaded as node 2, waits for its "Bound on" /
 /// "Listening on" line, and collects its stdout in a thread.
-fn nc_server(pair: &Pair, args: &[&str]) -> (Proc, Arc<AtomicUsize>, std::thread::JoinHandle<Vec<u8>>) {
+fn nc_server(pair: &Pair, args: &[&str]) -> (Proc, mpsc::Receiver<usize>, std::thread::JoinHandle<Vec<u8>>) {
     let mut all = vec!["-v"];
     all.extend_from_slice(args);
     let mut cmd = pair.run(2, &[], "nc", &all);
@@ -339,8 +343,8 @@ fn nc_server(pair: &Pair, args: &[&str]) -> (Proc, Arc<AtomicUsize>, std::thread
         let mut rest = String::new();
         let _ = err.read_to_string(&mut rest);
     });
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
+    // Each read's running total goes to the test, which waits on it.
+    let (progress, received) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut v = Vec::new();
         let mut buf = vec![0u8; 65536];
@@ -349,11 +353,11 @@ fn nc_server(pair: &Pair, args: &[&str]) -> (Proc, Arc<AtomicUsize>, std::thread
                 break;
             }
             v.extend_from_slice(&buf[..n]);
-            counter.store(v.len(), Ordering::Release);
+            let _ = progress.send(v.len());
         }
         v
     });
-    (server, count, reader)
+    (server, received, reader)
 }
 
 #[test]
@@ -403,8 +407,12 @@ fn nc_to_nc_udp_1_mib() {
     assert!(out.status.success(), "nc client: {}", String::from_utf8_lossy(&out.stderr));
     // Wait (bounded) for the server's output to reach the file's length.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while count.load(Ordering::Acquire) < data.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let mut arrived = 0;
+    while arrived < data.len() {
+        match count.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(total) => arrived = total,
+            Err(_) => break,
+        }
     }
     drop(server);
     let received = reader.join().unwrap();
