@@ -28,5 +28,6 @@
 
 pub mod cell;
 pub mod channel;
+pub mod dtls;
 pub mod multipath;
 pub mod tls;

@@ -30,7 +30,7 @@ pub use impair::{Impair, ImpairConfig, ImpairCounters};
 pub use impair_pipe::ImpairPipe;
 pub use memlink::{MemLink, MemLinkConfig, MemLinkCounters, MemNic};
 pub use tuntap::{TunTapConfig, TunTapCounters, TunTapError, TunTapKind, TunTapNic, TunTapRx, TunTapTx};
-pub use udp::{MAX_MTU, MIN_MTU, UdpNic, UdpNicConfig, UdpNicCounters, UdpNicError, UdpRx, UdpTx};
+pub use udp::{MAX_MTU, MIN_MTU, UdpNic, UdpNicConfig, UdpNicCounters, UdpNicError, UdpRx, UdpTx, set_udp_buffers};
 pub use udp_peers::{PeerTableError, UdpPeer};
 
 /// A virtual network interface that a stack driver can own.

@@ -383,6 +383,13 @@ impl TxSide {
     }
 }
 
+/// Asks the kernel for `bytes` of buffer each way on `socket`, as a UdpNic
+/// does for its own (best effort: beyond `rmem_max`/`wmem_max` the kernel
+/// grants it only to privileged processes).
+pub fn set_udp_buffers(socket: &UdpSocket, bytes: usize) {
+    sys_udp::set_buffers(socket.as_raw_fd(), bytes);
+}
+
 /// The IPv4-mapped spelling of an IPv4 endpoint, for a dual-stack socket.
 fn to_mapped(addr: SocketAddr) -> SocketAddr {
     match addr {

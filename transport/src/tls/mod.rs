@@ -64,6 +64,7 @@ pub use async_split::{AsyncCellReader, AsyncCellWriter, AsyncTcpStream};
 pub use byte_stream::TlsByteStream;
 pub use config::{client_config_pinned, client_config_webpki, provider, self_signed, server_config};
 pub use error::TlsStreamError;
+pub(crate) use pin::hex;
 pub use pin::{Pin, PinMismatch, PinnedServerVerifier};
 pub use reader::CellReader;
 pub use writer::CellWriter;

@@ -40,6 +40,19 @@ impl Pin {
         }
     }
 
+    /// True if `cert` (DER) has this pin's fingerprint.
+    pub fn matches(&self, cert: &[u8]) -> bool {
+        self.fingerprint_of(&CertificateDer::from(cert)).is_some_and(|fp| fp == *self.digest())
+    }
+
+    /// How `cert` (DER) looks to this pin, for error messages: its fingerprint of this pin's kind, in hex.
+    pub(crate) fn describe(&self, cert: &[u8]) -> String {
+        match self.fingerprint_of(&CertificateDer::from(cert)) {
+            Some(fp) => hex(&fp),
+            None => "a certificate whose SubjectPublicKeyInfo could not be parsed".to_owned(),
+        }
+    }
+
     fn digest(&self) -> &[u8; 32] {
         match self {
             Pin::CertSha256(d) | Pin::SpkiSha256(d) => d,
@@ -104,17 +117,11 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.pin.fingerprint_of(end_entity) {
-            Some(fp) if fp == *self.pin.digest() => Ok(ServerCertVerified::assertion()),
-            found => {
-                let presented = match found {
-                    Some(fp) => hex(&fp),
-                    None => "a certificate whose SubjectPublicKeyInfo could not be parsed".to_owned(),
-                };
-                let mismatch = PinMismatch { pin: self.pin, presented };
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))))
-            }
+        if self.pin.matches(end_entity) {
+            return Ok(ServerCertVerified::assertion());
         }
+        let mismatch = PinMismatch { pin: self.pin, presented: self.pin.describe(end_entity) };
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))))
     }
 
     fn verify_tls12_signature(
