@@ -124,6 +124,18 @@ pub fn tapped_pair(adjust: impl Fn(&mut StackConfig)) -> (Stack, Stack, tap::Tap
     (Stack::new(ca, na).unwrap(), Stack::new(cb, nb).unwrap(), handle)
 }
 
+/// Datagrams the kernel dropped on the IPv4 UDP socket bound to `addr`
+/// (the last column of /proc/net/udp), if the file lists it.
+pub fn kernel_drops(addr: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(v4) = addr else { return None };
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str())).then(|| fields.last()?.parse().ok())?
+    })
+}
+
 /// Waits, yielding the CPU, until `done` holds; panics after `limit`.
 pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;

@@ -84,7 +84,7 @@ fn in_window_rsts_are_challenged_and_only_an_exact_rst_resets() {
     for _ in 0..FLOOD {
         // Inside the window (A's 256 KiB buffer is empty), never RCV.NXT.
         let seq = rcv_nxt.wrapping_add(1 + (rng.next_u64() % 60_000) as u32);
-        let ack = (rng.next_u64() % 2 == 0).then(|| rng.next_u64() as u32);
+        let ack = rng.next_u64().is_multiple_of(2).then(|| rng.next_u64() as u32);
         tap.inject(tcp_v4(B_IP, b_port, A_IP, PORT, TcpControl::Rst, seq, ack));
     }
     tap.drain();

@@ -19,7 +19,7 @@ use plebnet::netstack::smoltcp::phy::ChecksumCapabilities;
 use plebnet::netstack::smoltcp::wire::{
     IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
-use plebnet_tests::{read_exact_hash, send_pattern};
+use plebnet_tests::{kernel_drops, read_exact_hash, send_pattern};
 
 /// Datagrams the stranger sends.
 const FLOOD: u64 = 1_000_000;
@@ -98,18 +98,6 @@ fn hostile(rng: &mut Rng, b_port: u16) -> Vec<u8> {
         _ if rng.chance(0.5) => udp(B_IP, A_IP, 4444, UDP_PORT, b"claims to be B"),
         _ => tcp(B_IP, A_IP, b_port, TCP_PORT, TcpControl::Rst, rng.next_u64() as u32),
     }
-}
-
-/// Datagrams the kernel dropped on the IPv4 UDP socket bound to `addr`
-/// (the last column of /proc/net/udp), if the file lists it.
-fn kernel_drops(addr: SocketAddr) -> Option<u64> {
-    let SocketAddr::V4(v4) = addr else { return None };
-    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
-    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&local.as_str())).then(|| fields.last()?.parse().ok())?
-    })
 }
 
 /// A writer that keeps pace with the flood: byte `k` of the transfer waits

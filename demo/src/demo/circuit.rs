@@ -106,7 +106,7 @@ pub fn pump_out_of<S: TcpStreamApi, W: Write>(
                 to.write_all(&cell.payload[3..3 + len])?;
                 total += len as u64;
                 delivered += 1;
-                if delivered % SENDME_EVERY == 0 {
+                if delivered.is_multiple_of(SENDME_EVERY) {
                     // Fails only once the peer has destroyed the circuit, which it does after its END:
                     // it sends nothing more, so the credit is moot; the queued DATA still gets written.
                     let _ = circuit.send(Command::RELAY, relay_payload(SENDME, &[]));

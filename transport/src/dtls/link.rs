@@ -224,23 +224,41 @@ impl DtlsLink {
         }
         let slot = self.slots.get_mut(&from).expect("a slot exists for this address");
         let prefixes = slot.peer.map(|i| self.peers[i].config.prefixes.clone());
-        let mut out = SlotIo { io, to: from, prefixes: prefixes.as_deref(), counters: &self.counters, delivered: 0 };
+        let mut out = SlotIo {
+            io,
+            to: from,
+            prefixes: prefixes.as_deref(),
+            counters: &self.counters,
+            delivered: 0,
+            held: slot.peer.is_none().then(Vec::new),
+        };
         // A new handshake's plaintext records are the renewal's alone: the
         // old session would answer them with its last flight, which the new
         // client cannot parse.
         if !(slot.renewing.is_some() && is_plaintext_handshake(datagram)) {
             slot.session.handle_datagram(now, datagram, &mut |e| out.event(e));
         }
-        let delivered = out.delivered;
+        let (delivered, held) = (out.delivered, out.held.take());
         if let Some(renewing) = &mut slot.renewing {
             // The renewal delivers nothing until it replaces the session.
-            let mut quiet = SlotIo { io, to: from, prefixes: None, counters: &self.counters, delivered: 0 };
+            let mut quiet = SlotIo::new(io, from, &self.counters);
             renewing.handle_datagram(now, datagram, &mut |e| quiet.event(e));
         }
         if slot.established && delivered == 0 && slot.renewing.is_none() {
             self.counters.rx_discarded_records.inc();
         }
         self.settle(now, from);
+        // Packets that came with the record completing a server handshake
+        // waited for the peer to be known; now they can be checked.
+        let peer = self.slots.get(&from).and_then(|s| s.peer);
+        if let (Some(held), Some(peer)) = (held.filter(|h| !h.is_empty()), peer) {
+            let prefixes = self.peers[peer].config.prefixes.clone();
+            let mut out = SlotIo::new(io, from, &self.counters);
+            out.prefixes = Some(&prefixes);
+            for packet in &held {
+                out.event(SessionEvent::Deliver(packet));
+            }
+        }
     }
 
     /// Sends one overlay packet to the peer that carries its destination.
@@ -259,7 +277,7 @@ impl DtlsLink {
             return false;
         };
         let (to, slot) = slot;
-        let mut out = SlotIo { io, to, prefixes: None, counters: &self.counters, delivered: 0 };
+        let mut out = SlotIo::new(io, to, &self.counters);
         match slot.session.send(packet, &mut |e| out.event(e)) {
             Ok(()) => {
                 self.counters.tx_packets.inc();
@@ -287,7 +305,7 @@ impl DtlsLink {
             .collect();
         for addr in due {
             let slot = self.slots.get_mut(&addr).expect("listed");
-            let mut out = SlotIo { io, to: addr, prefixes: None, counters: &self.counters, delivered: 0 };
+            let mut out = SlotIo::new(io, addr, &self.counters);
             slot.session.handle_timeout(now, &mut |e| out.event(e));
             if let Some(renewing) = &mut slot.renewing {
                 renewing.handle_timeout(now, &mut |e| out.event(e));
@@ -304,7 +322,7 @@ impl DtlsLink {
     /// Closes every session, with a close_notify to established peers.
     pub fn close(&mut self, io: &mut dyn LinkIo) {
         for (addr, slot) in self.slots.iter_mut() {
-            let mut out = SlotIo { io, to: *addr, prefixes: None, counters: &self.counters, delivered: 0 };
+            let mut out = SlotIo::new(io, *addr, &self.counters);
             slot.session.close(&mut |e| out.event(e));
         }
         self.slots.clear();
@@ -428,9 +446,16 @@ struct SlotIo<'a> {
     prefixes: Option<&'a [IpCidr]>,
     counters: &'a DtlsLinkCounters,
     delivered: usize,
+    /// When set, deliveries wait here (the peer is not known yet).
+    held: Option<Vec<Vec<u8>>>,
 }
 
-impl SlotIo<'_> {
+impl<'a> SlotIo<'a> {
+    /// Output to `to` that delivers nothing.
+    fn new(io: &'a mut dyn LinkIo, to: SocketAddr, counters: &'a DtlsLinkCounters) -> Self {
+        Self { io, to, prefixes: None, counters, delivered: 0, held: None }
+    }
+
     fn event(&mut self, event: SessionEvent<'_>) {
         match event {
             SessionEvent::Transmit(datagram) => {
@@ -440,6 +465,10 @@ impl SlotIo<'_> {
             }
             SessionEvent::Deliver(packet) => {
                 self.delivered += 1;
+                if let Some(held) = &mut self.held {
+                    held.push(packet.to_vec());
+                    return;
+                }
                 let Some(prefixes) = self.prefixes else { return };
                 let Some(src) = packet_address(packet, true) else {
                     self.counters.rx_dropped_not_ip.inc();
