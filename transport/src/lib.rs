@@ -22,8 +22,9 @@
 //! circuits multiplexed by circuit ID over one TLS cell stream, a demux thread routing cells into bounded
 //! per-circuit queues, an overflowing circuit closed alone) and multipath tunnels ([`multipath`]: a sans-IO
 //! conflux core with tunnel-level streams, acknowledgement and reinjection, a bounded reorder queue and
-//! responder-side joining, and a threaded driver over TLS cell streams). The DTLS link (the rest of issue 4)
-//! is still to come; the README's feature table tracks it.
+//! responder-side joining, and a threaded driver over TLS cell streams), and the DTLS link ([`dtls`]: overlay IP
+//! packets in DTLS records between peers known by certificate pin; a NIC for a plebnet stack, so every TCP
+//! connection across it is TCP-over-DTLS).
 #![forbid(unsafe_code)]
 
 pub mod cell;
