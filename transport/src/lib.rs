@@ -29,6 +29,7 @@
 
 pub mod cell;
 pub mod channel;
+pub mod circuits;
 pub mod dtls;
 pub mod multipath;
 pub mod tls;

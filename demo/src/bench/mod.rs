@@ -15,6 +15,7 @@ use crate::table;
 
 mod flows;
 mod goodput;
+mod hol;
 mod memlink;
 mod multipath;
 mod plot;
@@ -76,18 +77,6 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn not_built(name: &'static str, unit: &'static str, goal: f64, better: Better, part: &str) -> Self {
-        Figure {
-            name,
-            value: None,
-            unit,
-            goal,
-            better,
-            status: "not built",
-            detail: serde_json::json!({ "reason": format!("{part} is not built yet") }),
-        }
-    }
-
     fn meets_goal(&self) -> Option<bool> {
         let v = self.value?;
         Some(match self.better {
@@ -138,7 +127,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
     type Measure = fn(Effort) -> Result<Figure, Box<dyn std::error::Error>>;
-    let measured: [(&'static str, &'static str, f64, Better, Measure); 11] = [
+    let measured: [(&'static str, &'static str, f64, Better, Measure); 12] = [
         ("memlink_tcp_vs_raw_smoltcp", "ratio", 0.9, Better::Higher, memlink::tcp_vs_raw_smoltcp),
         ("udp_mtu1400_tcp_vs_raw_udp", "ratio", 0.8, Better::Higher, udp::mtu1400_tcp_vs_raw_udp),
         ("udp_jumbo_tcp_vs_kernel_tcp", "ratio", 0.5, Better::Higher, udp::jumbo_tcp_vs_kernel_tcp),
@@ -150,6 +139,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ("conns_10k_vs_10_goodput", "ratio", 0.8, Better::Higher, flows::conns_10k_vs_10_goodput),
         ("rss_per_idle_conn_kib", "KiB", 64.0, Better::Lower, flows::rss_per_idle_conn_kib),
         ("connect_rate_vs_kernel", "ratio", 0.5, Better::Higher, flows::connect_rate_vs_kernel),
+        ("hol_p99_dtls_vs_tls_2pct", "ratio", 0.33, Better::Lower, hol::p99_dtls_vs_tls_2pct),
     ];
     for (name, unit, goal, better, measure) in measured {
         if !wanted(name) {
@@ -161,11 +151,6 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } else {
             eprintln!("measuring {name} ({} runs of {} MiB)...", effort.runs, effort.bytes >> 20);
             figures.push(measure(effort)?);
-        }
-    }
-    for f in not_yet_built() {
-        if wanted(f.name) {
-            figures.push(f);
         }
     }
     print_report(&figures);
@@ -181,18 +166,6 @@ fn write_json(args: &BenchArgs, figures: &[Figure]) -> Result<(), Box<dyn std::e
         eprintln!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// Figures named by the issues whose parts do not exist yet.
-fn not_yet_built() -> Vec<Figure> {
-    use Better::*;
-    vec![Figure::not_built(
-        "hol_p99_dtls_vs_tls_2pct",
-        "ratio",
-        0.33,
-        Lower,
-        "the head-of-line experiment (two circuit models over one lossy link)",
-    )]
 }
 
 fn print_report(figures: &[Figure]) {

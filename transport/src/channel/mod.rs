@@ -67,6 +67,8 @@ mod error;
 mod queue;
 mod shared;
 
+pub(crate) use shared::is_create;
+
 use std::io;
 use std::sync::Arc;
 use std::thread;

@@ -245,7 +245,7 @@ impl<S: TcpStreamApi> Shared<S> {
 }
 
 /// Whether `command` asks for a new circuit (tor-spec §5.1): the only cells that may open one.
-fn is_create(command: Command) -> bool {
+pub(crate) fn is_create(command: Command) -> bool {
     command == Command::CREATE || command == Command::CREATE_FAST || command == Command::CREATE2
 }
 
