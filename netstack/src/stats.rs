@@ -78,12 +78,19 @@ crate::counters! {
         tx_bytes,
         /// Packets to the stack's own addresses, delivered without the NIC.
         loopback_packets,
-        /// Arriving packets refused as truncated or impossible.
+        /// Arriving packets refused as truncated or impossible: bad lengths,
+        /// IHL below 5, an unparsable IPv6 Hop-by-Hop header, TCP segments
+        /// smoltcp cannot represent (SYN with FIN or RST, FIN with RST,
+        /// options that do not parse, port 0), UDP to port 0.
         rx_dropped_malformed,
-        /// Arriving packets refused for a wrong checksum.
+        /// Arriving packets refused for a wrong checksum (or none: a zero UDP
+        /// checksum over IPv6, RFC 8200 8.1).
         rx_dropped_checksum,
         /// Arriving packets with a loopback source or destination.
         rx_dropped_martian,
+        /// Arriving IPv4 fragments: smoltcp is built without reassembly (no
+        /// `proto-ipv4-fragmentation`), so every fragment is dropped.
+        rx_dropped_fragment,
         /// Arriving Ethernet frames of a type the stack does not speak
         /// (neither IPv4, IPv6 nor ARP), or too short for a header.
         rx_dropped_link,

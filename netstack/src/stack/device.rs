@@ -523,6 +523,7 @@ impl<N: Nic> StackDevice<N> {
                         Refusal::Malformed => counters.rx_dropped_malformed.inc(),
                         Refusal::Checksum => counters.rx_dropped_checksum.inc(),
                         Refusal::Martian => counters.rx_dropped_martian.inc(),
+                        Refusal::Fragment => counters.rx_dropped_fragment.inc(),
                     },
                 }
             });
