@@ -16,9 +16,9 @@ fi
 # namespaces, tcpdump to read our pcap files) and g++ (libFuzzer for the fuzz
 # smoke pass) and the programs the preload shim's tests run (netcat-openbsd,
 # redis-server and redis-tools, nginx-light, iperf3; tcpdump also counts the
-# leak test's packets) and python3-scapy (the hostile-packet suite,
-# tests/scapy/inject.py) and openssl (the DTLS interop peer), installed by name when we are root. python3 is on
-# every fresh machine.
+# leak test's packets), python3-scapy (the hostile-packet suite,
+# tests/scapy/inject.py) and openssl (the DTLS interop peer), installed by
+# name when we are root. python3 is on every fresh machine.
 APT_PACKAGES=(curl socat iproute2 tcpdump g++ netcat-openbsd redis-server redis-tools nginx-light iperf3 python3-scapy openssl)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
     step "apt-get install ${APT_PACKAGES[*]}"
