@@ -21,7 +21,7 @@ SECONDS_PER_TARGET="${1:-60}"
 shift || true
 TARGETS=("$@")
 if [ "${#TARGETS[@]}" -eq 0 ]; then
-    TARGETS=(cell_decoder config_parser stack_ingress tunnel_core)
+    TARGETS=(cell_decoder config_parser stack_ingress tunnel_core udp_decap dtls_link)
 fi
 
 # The host triple, passed as --target so RUSTFLAGS reach only the target

@@ -33,7 +33,7 @@ pub use impair_proxy::ImpairProxy;
 pub use memlink::{MemLink, MemLinkConfig, MemLinkCounters, MemNic};
 pub use tuntap::{TunTapConfig, TunTapCounters, TunTapError, TunTapKind, TunTapNic, TunTapRx, TunTapTx};
 pub use udp::{MAX_MTU, MIN_MTU, UdpNic, UdpNicConfig, UdpNicCounters, UdpNicError, UdpRx, UdpTx, set_udp_buffers};
-pub use udp_peers::{PeerTableError, UdpPeer};
+pub use udp_peers::{PeerTable as UdpPeerTable, PeerTableError, UdpDrop, UdpPeer};
 
 /// A virtual network interface that a stack driver can own.
 ///

@@ -24,7 +24,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::Nic;
-use super::udp_peers::{PeerTable, PeerTableError, UdpPeer, canonical, packet_destination, packet_source};
+use super::udp_peers::{PeerTable, PeerTableError, UdpDrop, UdpPeer, canonical, packet_destination};
 use crate::stats::CounterSource;
 use crate::sys::udp::{self as sys_udp, InMeta, OutGroup};
 
@@ -248,21 +248,14 @@ impl UdpNic {
                     continue;
                 }
             }
-            let Some(peer) = meta.src.and_then(|src| self.peers.peer_at(src)) else {
-                self.counters.rx_dropped_unknown_peer.inc();
-                continue;
-            };
-            if len > self.mtu {
-                self.counters.rx_dropped_too_big.inc();
-                continue;
-            }
             let packet = &self.rx.bufs[i][off..off + len];
-            let Some(src) = packet_source(packet) else {
-                self.counters.rx_dropped_not_ip.inc();
-                continue;
-            };
-            if !peer.prefixes.iter().any(|p| p.contains(src)) {
-                self.counters.rx_dropped_spoofed_source.inc();
+            if let Err(drop) = self.peers.admit(meta.src, packet, self.mtu) {
+                match drop {
+                    UdpDrop::UnknownPeer => self.counters.rx_dropped_unknown_peer.inc(),
+                    UdpDrop::TooBig => self.counters.rx_dropped_too_big.inc(),
+                    UdpDrop::NotIp => self.counters.rx_dropped_not_ip.inc(),
+                    UdpDrop::SpoofedSource => self.counters.rx_dropped_spoofed_source.inc(),
+                }
                 continue;
             }
             self.counters.rx_packets.inc();

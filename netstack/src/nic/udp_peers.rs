@@ -62,14 +62,30 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The peers of one UdpNic.
+/// Why a UdpNic refuses a datagram from the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// It came from an endpoint that is not a peer (or from no address).
+    UnknownPeer,
+    /// The overlay packet is larger than the MTU.
+    TooBig,
+    /// Too short, or not IPv4/IPv6: no source address to check.
+    NotIp,
+    /// The packet claims a source address its peer may not use.
+    SpoofedSource,
+}
+
+/// The peers of one UdpNic: who may send, and which overlay sources each
+/// may claim.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PeerTable {
+pub struct PeerTable {
     peers: Vec<UdpPeer>,
 }
 
 impl PeerTable {
-    pub(crate) fn new(peers: Vec<UdpPeer>) -> Result<Self, PeerTableError> {
+    /// A table of `peers`; refuses duplicate endpoints and overlapping
+    /// prefixes.
+    pub fn new(peers: Vec<UdpPeer>) -> Result<Self, PeerTableError> {
         let peers: Vec<UdpPeer> =
             peers.into_iter().map(|p| UdpPeer { endpoint: canonical(p.endpoint), prefixes: p.prefixes }).collect();
         for (i, a) in peers.iter().enumerate() {
@@ -93,7 +109,7 @@ impl PeerTable {
     }
 
     /// The endpoint that carries packets to `dst`, by longest prefix.
-    pub(crate) fn route(&self, dst: IpAddr) -> Option<SocketAddr> {
+    pub fn route(&self, dst: IpAddr) -> Option<SocketAddr> {
         self.peers
             .iter()
             .flat_map(|p| p.prefixes.iter().map(move |c| (c, p.endpoint)))
@@ -103,9 +119,26 @@ impl PeerTable {
     }
 
     /// The peer at underlay address `from`, if it is one.
-    pub(crate) fn peer_at(&self, from: SocketAddr) -> Option<&UdpPeer> {
+    pub fn peer_at(&self, from: SocketAddr) -> Option<&UdpPeer> {
         let from = canonical(from);
         self.peers.iter().find(|p| p.endpoint == from)
+    }
+
+    /// The decapsulation rule of a UdpNic for one overlay packet that
+    /// arrived from `from` (no address: `None`): the peer it came from, or
+    /// why it is dropped — checked in this order: an unknown endpoint, a
+    /// packet over `mtu`, no IP source, a source outside the peer's
+    /// prefixes.
+    pub fn admit(&self, from: Option<SocketAddr>, packet: &[u8], mtu: usize) -> Result<&UdpPeer, UdpDrop> {
+        let peer = from.and_then(|f| self.peer_at(f)).ok_or(UdpDrop::UnknownPeer)?;
+        if packet.len() > mtu {
+            return Err(UdpDrop::TooBig);
+        }
+        let src = packet_source(packet).ok_or(UdpDrop::NotIp)?;
+        if !peer.prefixes.iter().any(|p| p.contains(src)) {
+            return Err(UdpDrop::SpoofedSource);
+        }
+        Ok(peer)
     }
 }
 

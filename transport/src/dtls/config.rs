@@ -1,7 +1,7 @@
 //! Settings of a DTLS endpoint: its identity, the protocol versions it
 //! speaks, and its handshake timers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::DtlsError;
@@ -99,8 +99,27 @@ impl DtlsConfig {
         self
     }
 
-    /// The engine configuration, checked.
+    /// The engine configuration, checked. Building one validates the crypto
+    /// provider (about 6 ms), so configurations are shared by their
+    /// settings across every session and link of the process.
     pub(crate) fn engine_config(&self) -> Result<Arc<dimpl::Config>, DtlsError> {
+        type Key = (usize, Duration, usize, Duration, bool);
+        static CACHE: Mutex<Vec<(Key, Arc<dimpl::Config>)>> = Mutex::new(Vec::new());
+        let key =
+            (self.datagram_mtu, self.flight_start_rto, self.flight_retries, self.handshake_timeout, self.server_cookie);
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, config)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(config.clone());
+        }
+        let config = self.build_engine_config()?;
+        if cache.len() >= 16 {
+            cache.remove(0);
+        }
+        cache.push((key, config.clone()));
+        Ok(config)
+    }
+
+    fn build_engine_config(&self) -> Result<Arc<dimpl::Config>, DtlsError> {
         let config = dimpl::Config::builder()
             .mtu(self.datagram_mtu)
             .flight_start_rto(self.flight_start_rto)
