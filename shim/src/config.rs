@@ -220,6 +220,13 @@ pub struct TcpConfig {
     /// The TCP recovery assist (default on).
     #[serde(default = "default_true")]
     pub recovery_assist: bool,
+    /// Most TCP connections a stack holds at once (default: no limit).
+    #[serde(default)]
+    pub max_connections: Option<Spanned<usize>>,
+    /// Most TCP connections with one remote address at once (default: no
+    /// limit).
+    #[serde(default)]
+    pub max_connections_per_peer: Option<Spanned<usize>>,
 }
 
 fn default_tcp_buffer() -> usize {
@@ -239,6 +246,8 @@ impl Default for TcpConfig {
             tx_buffer: default_tcp_buffer(),
             backlog: default_backlog(),
             recovery_assist: true,
+            max_connections: None,
+            max_connections_per_peer: None,
         }
     }
 }
@@ -410,6 +419,20 @@ impl NodeConfig {
     fn validate(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
         if self.interfaces.is_empty() {
             return Err(c.error(None, "interface", "a node needs at least one [[interface]]"));
+        }
+        for (name, limit) in [
+            ("tcp.max_connections", &self.tcp.max_connections),
+            ("tcp.max_connections_per_peer", &self.tcp.max_connections_per_peer),
+        ] {
+            if let Some(limit) = limit
+                && *limit.get_ref() == 0
+            {
+                return Err(c.error(
+                    Some(limit.span()),
+                    name,
+                    "a limit of 0 would refuse every connection; leave it out for no limit",
+                ));
+            }
         }
         let mut all_prefixes: Vec<(String, Cidr, Range<usize>)> = Vec::new();
         for (i, iface) in self.interfaces.iter().enumerate() {
@@ -672,6 +695,12 @@ socket = "/tmp/a.sock"
             ("listen = \"10.77.0.1:7\"", "listen = \"10.99.0.1:7\"", "not an address of this node"),
             ("connect = \"10.77.0.2:80\"", "connect = \"192.168.1.1:80\"", "no interface or route reaches"),
             ("listen = \"127.0.0.1:4001\"", "listen = \"127.0.0.1:4001\"\nmtu = 100", "outside 1280"),
+            ("name = \"a\"", "name = \"a\"\n[tcp]\nmax_connections = 0", "a limit of 0"),
+            (
+                "name = \"a\"",
+                "name = \"a\"\n[tcp]\nmax_connections_per_peer = -1",
+                "max_connections_per_peer: invalid value",
+            ),
         ] {
             let text = GOOD.replace(from, to);
             assert_ne!(text, GOOD, "{from}");

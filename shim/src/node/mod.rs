@@ -275,6 +275,8 @@ fn stack_config(config: &NodeConfig, i: usize, iface: &InterfaceConfig) -> Stack
         tcp_tx_buffer: config.tcp.tx_buffer,
         default_backlog: config.tcp.backlog,
         tcp_recovery_assist: config.tcp.recovery_assist,
+        max_connections: config.tcp.max_connections.as_ref().map(|m| *m.get_ref()),
+        max_connections_per_peer: config.tcp.max_connections_per_peer.as_ref().map(|m| *m.get_ref()),
         seed: config.seed.map(|s| s.wrapping_add(i as u64)),
         // UDP has no flow control: a node's UDP sockets (and the programs a
         // preloaded process runs, such as nc) take bursts as large as the
@@ -369,4 +371,32 @@ fn with_capture<N: Nic>(stack_config: StackConfig, nic: N, pcap: Option<&Path>) 
         None => Stack::new(stack_config, nic),
     };
     stack.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn tcp_limits_reach_every_stack() {
+        let text = r#"
+name = "n"
+[tcp]
+max_connections = 5000
+max_connections_per_peer = 50
+
+[[interface]]
+kind = "udp"
+addresses = ["10.78.0.1/24"]
+listen = "127.0.0.1:0"
+"#;
+        let config = NodeConfig::parse(Path::new("n.toml"), text).unwrap();
+        let stack = stack_config(&config, 0, &config.interfaces[0]);
+        assert_eq!((stack.max_connections, stack.max_connections_per_peer), (Some(5000), Some(50)));
+        let unlimited = NodeConfig::parse(Path::new("n.toml"), &text.replace("max_connections", "#")).unwrap();
+        let stack = stack_config(&unlimited, 0, &unlimited.interfaces[0]);
+        assert_eq!((stack.max_connections, stack.max_connections_per_peer), (None, None));
+    }
 }
