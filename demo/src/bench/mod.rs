@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::table;
 
+mod curves;
 mod flows;
 mod goodput;
 mod hol;
@@ -37,7 +38,9 @@ pub struct BenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write PNG plots (the multipath failover trace) into this directory.
+    /// Write PNG plots into this directory (the multipath failover trace,
+    /// the head-of-line curves, goodput against MTU and against loss); also
+    /// measures those curves and the kernel-over-veth baseline.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
     /// Only run figures whose name contains this text.
@@ -153,9 +156,44 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             figures.push(measure(effort)?);
         }
     }
+    if let Some(dir) = plot
+        && !args.skip_measured
+    {
+        add_curves(&mut figures, effort, dir)?;
+    }
     print_report(&figures);
     write_json(args, &figures)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--plot`: the goodput curves (against MTU and loss) and the
+/// kernel-over-veth baseline, put in the detail of the figures they belong
+/// to (those measured in this run).
+fn add_curves(figures: &mut [Figure], effort: Effort, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes = effort.bytes / 2;
+    let put = |figures: &mut [Figure], name: &str, key: &str, value: serde_json::Value| {
+        if let Some(serde_json::Value::Object(detail)) =
+            figures.iter_mut().find(|f| f.name == name).map(|f| &mut f.detail)
+        {
+            detail.insert(key.to_string(), value);
+        }
+    };
+    let has = |figures: &[Figure], name: &str| figures.iter().any(|f| f.name == name);
+    if has(figures, "udp_mtu1400_tcp_vs_raw_udp") {
+        eprintln!("measuring goodput against MTU...");
+        let curve = curves::by_mtu(bytes, dir)?;
+        put(figures, "udp_mtu1400_tcp_vs_raw_udp", "goodput_by_mtu", curve);
+    }
+    if has(figures, "memlink_tcp_vs_raw_smoltcp") {
+        eprintln!("measuring goodput against loss...");
+        let curve = curves::by_loss(bytes, dir)?;
+        put(figures, "memlink_tcp_vs_raw_smoltcp", "goodput_by_loss", curve);
+    }
+    if has(figures, "udp_jumbo_tcp_vs_kernel_tcp") {
+        eprintln!("measuring kernel TCP over veth...");
+        put(figures, "udp_jumbo_tcp_vs_kernel_tcp", "kernel_tcp_over_veth", curves::kernel_veth(bytes));
+    }
+    Ok(())
 }
 
 /// Writes the figures to `--json`'s file, if given.

@@ -52,7 +52,7 @@ pub fn missing_privilege() -> Option<String> {
 }
 
 /// Runs `ip args…` and fails with its stderr if it fails.
-fn ip(args: &[&str]) -> Result<(), String> {
+pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
     if !out.status.success() {
         return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
@@ -67,9 +67,19 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Creates `plebnet-bench-tap-<pid>` with its loopback up.
     pub fn create() -> Result<Netns, String> {
-        let name = format!("plebnet-bench-tap-{}", std::process::id());
+        Self::create_tagged("tap")
+    }
+
+    /// Creates `plebnet-bench-<tag>-<pid>` with its loopback up.
+    pub fn create_tagged(tag: &str) -> Result<Netns, String> {
+        let name = format!("plebnet-bench-{tag}-{}", std::process::id());
         // A namespace left by a crashed earlier run of this PID.
         let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         ip(&["netns", "add", &name])?;
@@ -80,7 +90,7 @@ impl Netns {
 
     /// Starts `f` on a thread that has entered the namespace, so sockets and
     /// devices it creates live there (and stay there when used elsewhere).
-    fn spawn<T: Send + 'static>(
+    pub fn spawn<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, String> + Send + 'static,
     ) -> Result<thread::JoinHandle<Result<T, String>>, String> {

@@ -38,7 +38,7 @@ pub(super) fn nic_pair(mtu: usize) -> Result<(UdpNic, UdpNic), Box<dyn std::erro
 }
 
 /// One TCP connection between two stacks over a UdpNic pair.
-fn stack_goodput(mtu: usize, bytes: usize) -> Result<f64, Box<dyn std::error::Error>> {
+pub(super) fn stack_goodput(mtu: usize, bytes: usize) -> Result<f64, Box<dyn std::error::Error>> {
     let (na, nb) = nic_pair(mtu)?;
     let config = |addr: &str| {
         let mut c = StackConfig::with_address(addr);
