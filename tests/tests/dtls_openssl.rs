@@ -133,26 +133,25 @@ fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `openssl s_server -dtls1_2` on a free loopback port with `id`'s
+/// certificate, asking for a client certificate if `verify`; returns once
+/// it listens.
+fn s_server(id: &OpensslIdentity, verify: bool) -> (Peer, u16) {
+    let port = free_udp_port();
+    let (accept, cert, key) = (format!("127.0.0.1:{port}"), id.file("cert.pem"), id.file("key.pem"));
+    let mut args = vec!["s_server", "-dtls1_2", "-accept", &accept, "-cert", &cert, "-key", &key];
+    if verify {
+        args.extend(["-verify", "1"]);
+    }
+    let server = Peer::spawn(&args, &id.dir);
+    server.expect("ACCEPT");
+    (server, port)
+}
+
 #[test]
 fn plebnet_client_against_openssl_s_server_dtls1_2() {
     let Some(peer_id) = OpensslIdentity::new("server") else { return };
-    let port = free_udp_port();
-    let server = Peer::spawn(
-        &[
-            "s_server",
-            "-dtls1_2",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-            "-cert",
-            &peer_id.file("cert.pem"),
-            "-key",
-            &peer_id.file("key.pem"),
-            "-verify",
-            "1",
-        ],
-        &peer_id.dir,
-    );
-    server.expect("ACCEPT");
+    let (server, port) = s_server(&peer_id, true);
 
     let ours = DtlsIdentity::self_signed("plebnet-client").unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -177,21 +176,7 @@ fn plebnet_client_against_openssl_s_server_dtls1_2() {
     // A wrong pin is refused with an error naming the mismatch.
     drop(dtls);
     drop(server);
-    let port = free_udp_port();
-    let server = Peer::spawn(
-        &[
-            "s_server",
-            "-dtls1_2",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-            "-cert",
-            &peer_id.file("cert.pem"),
-            "-key",
-            &peer_id.file("key.pem"),
-        ],
-        &peer_id.dir,
-    );
-    server.expect("ACCEPT");
+    let (_server, port) = s_server(&peer_id, false);
     let wrong = DtlsIdentity::self_signed("someone-else").unwrap().pin();
     let err = DtlsSocket::connect(
         UdpSocket::bind("127.0.0.1:0").unwrap(),
