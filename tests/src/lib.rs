@@ -136,6 +136,41 @@ pub fn kernel_drops(addr: std::net::SocketAddr) -> Option<u64> {
     })
 }
 
+/// A writer that keeps pace with a flood running on another thread: byte
+/// `k` of a `len`-byte transfer waits until the flood's counter has reached
+/// `k / len` of 90% of its `total`, so the transfer spans the flood.
+pub struct Paced<W: Write> {
+    inner: W,
+    written: u64,
+    len: u64,
+    flood: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+}
+
+impl<W: Write> Paced<W> {
+    /// Paces `inner` (which will carry `len` bytes) against `flood`, which
+    /// counts up to `total`.
+    pub fn new(inner: W, len: usize, flood: std::sync::Arc<std::sync::atomic::AtomicU64>, total: u64) -> Self {
+        Self { inner, written: 0, len: len as u64, flood, total }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let due = u128::from(self.written) * u128::from(self.total) * 9 / 10 / u128::from(self.len.max(1));
+        while u128::from(self.flood.load(std::sync::atomic::Ordering::Relaxed)) < due {
+            std::thread::yield_now();
+        }
+        let n = self.inner.write(&buf[..buf.len().min(16 * 1024)])?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Waits, yielding the CPU, until `done` holds; panics after `limit`.
 pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;

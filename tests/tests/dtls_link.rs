@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use plebnet::net::{Stack, StackConfig, TcpListener, TcpStream};
 use plebnet::netstack::nic::{ImpairConfig, ImpairProxy};
 use plebnet::netstack::rng::Rng;
-use plebnet_tests::{kernel_drops, read_exact_hash, send_pattern, wait_until};
+use plebnet_tests::{Paced, kernel_drops, read_exact_hash, send_pattern, wait_until};
 use plebnet_transport::dtls::{
     DtlsConfig, DtlsIdentity, DtlsLinkCounters, DtlsNic, DtlsNicConfig, DtlsPeer, DtlsSession, SessionEvent,
 };
@@ -213,12 +213,15 @@ fn a_million_stranger_datagrams_at_the_dtls_port_get_no_answer_and_reach_nothing
         })
     };
     wait_until(Duration::from_secs(30), "the flood under way", || sent.load(Ordering::Relaxed) >= FLOOD / 10);
-    let writer = thread::spawn(move || send_pattern(&client, 0x5eed, size()).unwrap());
+    // The transfer is paced to span most of the flood.
+    let paced = Paced::new(client, size(), sent.clone(), FLOOD);
+    let writer = thread::spawn(move || send_pattern(paced, 0x5eed, size()).unwrap());
     let received = read_exact_hash(&served, size()).unwrap();
     assert_eq!(writer.join().unwrap(), received, "the 16 MiB transfer arrived intact");
     let done_at = sent.load(Ordering::Relaxed);
     flood.join().unwrap();
     eprintln!("transfer finished after {done_at} of {FLOOD} stranger datagrams");
+    assert!(done_at >= FLOOD * 8 / 10, "the transfer ran alongside the flood");
 
     // Every stranger datagram is counted by the link or dropped by the kernel.
     let b = &pair.b_link;

@@ -5,7 +5,6 @@
 //! runs. Nothing from the stranger may reach the stack, nothing may go back
 //! to it, and the transfer must arrive intact.
 
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket as KernelUdp};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +18,7 @@ use plebnet::netstack::smoltcp::phy::ChecksumCapabilities;
 use plebnet::netstack::smoltcp::wire::{
     IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
-use plebnet_tests::{kernel_drops, read_exact_hash, send_pattern};
+use plebnet_tests::{Paced, kernel_drops, read_exact_hash, send_pattern};
 
 /// Datagrams the stranger sends.
 const FLOOD: u64 = 1_000_000;
@@ -100,30 +99,6 @@ fn hostile(rng: &mut Rng, b_port: u16) -> Vec<u8> {
     }
 }
 
-/// A writer that keeps pace with the flood: byte `k` of the transfer waits
-/// until the stranger has sent `k / TRANSFER` of 90% of its datagrams.
-struct Paced {
-    inner: TcpStream,
-    written: u64,
-    flood: Arc<AtomicU64>,
-}
-
-impl Write for Paced {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let due = self.written as u128 * u128::from(FLOOD) * 9 / 10 / TRANSFER as u128;
-        while u128::from(self.flood.load(Ordering::Relaxed)) < due {
-            thread::sleep(Duration::from_micros(200));
-        }
-        let n = (&self.inner).write(&buf[..buf.len().min(16 * 1024)])?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        (&self.inner).flush()
-    }
-}
-
 /// Every record of a RAW pcap as (IPv4 source, IPv4 destination).
 fn pcap_addresses(data: &[u8]) -> Vec<([u8; 4], [u8; 4])> {
     assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 101, "link type RAW");
@@ -183,7 +158,7 @@ fn a_million_stranger_datagrams_reach_nothing_and_get_no_answer() {
     while sent.load(Ordering::Relaxed) < FLOOD / 10 {
         thread::yield_now();
     }
-    let paced = Paced { inner: client, written: 0, flood: sent.clone() };
+    let paced = Paced::new(client, TRANSFER, sent.clone(), FLOOD);
     let writer = thread::spawn(move || send_pattern(paced, 9, TRANSFER).unwrap());
     let received = read_exact_hash(&served, TRANSFER).unwrap();
     let transfer_done_at = sent.load(Ordering::Relaxed);
