@@ -78,13 +78,17 @@ def main(path):
         if f["value"] is None or f["name"] == "memlink_tcp_vs_raw_smoltcp":
             continue
         out += ["", f"## {f['name']}", "", DESCRIPTIONS.get(f["name"], ""), ""]
-        stats, scalars = [], []
-        flatten(f["detail"], "", stats, scalars)
+        stats, scalars, tables = [], [], []
+        flatten(f["detail"], "", stats, scalars, tables)
         if stats:
             out += ["| measurement | median | min | max |", "|---|---|---|---|"]
             out += [f"| {k} | {v['median']:.3f} | {v['min']:.3f} | {v['max']:.3f} |" for k, v in stats]
             out.append("")
         out += [f"* {k}: {v}" for k, v in scalars]
+        for key, rows in tables:
+            out += ["", f"{key}:", ""] + table(rows)
+            if key in PLOTS:
+                out += ["", PLOTS[key]]
     print("\n".join(out))
 
 
@@ -113,6 +117,11 @@ DESCRIPTIONS = {
     "(same recvmmsg/sendmmsg batching and GSO/GRO), no stack. Gbit/s below.",
     "udp_jumbo_tcp_vs_kernel_tcp": "The same TCP transfer at MTU 65000, divided by kernel TCP over loopback "
     "(std::net) in the same run. Gbit/s below.",
+    "hol_p99_dtls_vs_tls_2pct": "The head-of-line experiment (after Reardon & Goldberg, USENIX Security 2009): "
+    "one link through plebnet's ImpairProxy (10 ms each way, 20 Mbit/s, 128 KiB queue, loss each way) carries a "
+    "bulk circuit (as fast as a 100-cell window allows) and an interactive circuit (a cell every 10 ms, echoed). "
+    "The value is p99 of the interactive round trips with each circuit on its own TCP connection inside one DTLS "
+    "link, divided by p99 with both circuits in one TLS channel, at 2% loss.",
     "tap_tcp_vs_raw_smoltcp": "plebnet over a tap device against the kernel (std::net in a namespace the bench "
     "creates), divided by a raw smoltcp loop in the shape of smoltcp's examples/benchmark.rs over the same "
     "tap, reading and writing; the value is the geometric mean of the two directions' ratios. plebnet uses "
@@ -121,14 +130,41 @@ DESCRIPTIONS = {
 }
 
 
-def flatten(d, prefix, stats, scalars):
-    """Splits a figure's detail into median/min/max rows and plain values."""
+PLOTS = {
+    "by_loss": "![interactive p99 against loss: blue one TLS channel, red TCP-per-circuit over DTLS; x loss %, "
+    "y ms](hol_p99.png)",
+    "goodput_by_mtu": "![goodput against MTU: x MTU bytes, y Gbit/s](goodput_vs_mtu.png)",
+    "goodput_by_loss": "![goodput against loss: x loss %, y Mbit/s](goodput_vs_loss.png)",
+}
+
+
+def cell(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def table(rows):
+    """A markdown table of a list of flat-or-nested dicts (nested keys joined by dots)."""
+    flat = []
+    for r in rows:
+        stats, scalars, _ = [], [], []
+        flatten(r, "", stats, scalars, [])
+        flat.append(dict(scalars))
+    cols = list(flat[0].keys())
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
+        "| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in flat
+    ]
+
+
+def flatten(d, prefix, stats, scalars, tables):
+    """Splits a figure's detail into median/min/max rows, plain values and tables (lists of objects)."""
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and "median" in v:
             stats.append((key, v))
         elif isinstance(v, dict):
-            flatten(v, key + ".", stats, scalars)
+            flatten(v, key + ".", stats, scalars, tables)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            tables.append((key, v))
         else:
             scalars.append((key, v))
 
