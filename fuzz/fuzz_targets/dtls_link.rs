@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let allowed: SocketAddr = "127.0.0.1:5000".parse().unwrap();
     let stranger: SocketAddr = "127.0.0.9:6000".parse().unwrap();
     let limits = DtlsLinkLimits { max_handshakes: 4, ..DtlsLinkLimits::default() };
+    let mut now = Instant::now();
     let mut link = DtlsLink::new(
         DtlsConfig::new(server.clone()),
         vec![DtlsPeer {
@@ -51,10 +52,10 @@ fuzz_target!(|data: &[u8]| {
             initiate: false,
         }],
         limits,
+        now,
     )
     .unwrap();
     let mut io = Io { sent_to: Vec::new(), delivered: 0 };
-    let mut now = Instant::now();
     let mut from_stranger = 0;
     let mut rest = data;
     while rest.len() >= 3 {

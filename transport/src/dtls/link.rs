@@ -154,9 +154,15 @@ pub struct DtlsLink {
 }
 
 impl DtlsLink {
-    /// A link speaking for `config.identity` to `peers`. Peers it initiates
-    /// to are dialed at the first [`handle_timeout`](Self::handle_timeout).
-    pub fn new(config: DtlsConfig, peers: Vec<DtlsPeer>, limits: DtlsLinkLimits) -> Result<Self, DtlsError> {
+    /// A link speaking for `config.identity` to `peers`, created at `now`.
+    /// Peers it initiates to are dialed at the first
+    /// [`handle_timeout`](Self::handle_timeout).
+    pub fn new(
+        config: DtlsConfig,
+        peers: Vec<DtlsPeer>,
+        limits: DtlsLinkLimits,
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
         let engine = config.engine_config()?;
         for (i, peer) in peers.iter().enumerate() {
             if peer.initiate && peer.endpoint.is_none() {
@@ -166,7 +172,6 @@ impl DtlsLink {
                 return Err(DtlsError::Config(format!("peer {i} ({:?}): no overlay prefixes", peer.pin)));
             }
         }
-        let now = Instant::now();
         let peers = peers
             .into_iter()
             .map(|config| PeerEntry {
@@ -261,9 +266,9 @@ impl DtlsLink {
         }
     }
 
-    /// Sends one overlay packet to the peer that carries its destination.
-    /// Returns false (and counts why) if it could not.
-    pub fn send_packet(&mut self, packet: &[u8], io: &mut dyn LinkIo) -> bool {
+    /// Sends one overlay packet to the peer that carries its destination,
+    /// at `now`. Returns false (and counts why) if it could not.
+    pub fn send_packet(&mut self, now: Instant, packet: &[u8], io: &mut dyn LinkIo) -> bool {
         let Some(dst) = packet_address(packet, false) else {
             self.counters.tx_dropped_no_peer.inc();
             return false;
@@ -285,7 +290,7 @@ impl DtlsLink {
             }
             Err(_) => {
                 self.counters.tx_dropped_not_established.inc();
-                self.settle(Instant::now(), to);
+                self.settle(now, to);
                 false
             }
         }

@@ -179,7 +179,7 @@ impl DtlsNic {
         // Handshake flights fit a minimal path; data records share a
         // datagram only up to one overlay packet's size.
         config.datagram_mtu = config.datagram_mtu.min(nic.mtu);
-        let link = DtlsLink::new(config, peers, nic.limits)?;
+        let link = DtlsLink::new(config, peers, nic.limits, std::time::Instant::now())?;
         Ok(Self {
             wire: Wire {
                 socket,
@@ -256,7 +256,7 @@ impl phy::TxToken for DtlsTx<'_> {
         if len > self.nic.mtu {
             self.nic.wire.counters.tx_dropped_too_big.inc();
         } else {
-            self.nic.link.send_packet(&packet, &mut self.nic.wire);
+            self.nic.link.send_packet(std::time::Instant::now(), &packet, &mut self.nic.wire);
         }
         r
     }

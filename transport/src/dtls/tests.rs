@@ -108,7 +108,8 @@ impl Net {
     /// Sends `packet` from node `from`; true if the link took it.
     fn send(&mut self, from: &str, packet: &[u8]) -> bool {
         let mut io = Collect::default();
-        let ok = self.nodes.get_mut(&addr(from)).unwrap().send_packet(packet, &mut io);
+        let now = self.now;
+        let ok = self.nodes.get_mut(&addr(from)).unwrap().send_packet(now, packet, &mut io);
         self.put(addr(from), io);
         ok
     }
@@ -177,12 +178,14 @@ fn pair(version: DtlsVersion, seed: u64, impair: Impairment) -> (Net, DtlsIdenti
         DtlsConfig::new(ia.clone()).version(version),
         vec![DtlsPeer { pin: ib.pin(), prefixes: vec![cidr("10.0.0.2/32")], endpoint: Some(addr(B)), initiate: true }],
         DtlsLinkLimits::default(),
+        Instant::now(),
     )
     .unwrap();
     let b = DtlsLink::new(
         DtlsConfig::new(ib.clone()).version(version),
         vec![DtlsPeer { pin: ia.pin(), prefixes: vec![cidr("10.0.0.1/32")], endpoint: None, initiate: false }],
         DtlsLinkLimits::default(),
+        Instant::now(),
     )
     .unwrap();
     net.add(A, a);
@@ -309,6 +312,7 @@ fn a_client_hello_nobody_may_send_from_there_is_dropped_silently() {
         DtlsConfig::new(ib.clone()),
         vec![DtlsPeer { pin: ia.pin(), prefixes: vec![cidr("10.0.0.1/32")], endpoint: Some(addr(A)), initiate: false }],
         DtlsLinkLimits::default(),
+        Instant::now(),
     )
     .unwrap();
     net.add(B, b);
@@ -317,6 +321,7 @@ fn a_client_hello_nobody_may_send_from_there_is_dropped_silently() {
         DtlsConfig::new(ia),
         vec![DtlsPeer { pin: ib.pin(), prefixes: vec![cidr("10.0.0.2/32")], endpoint: Some(addr(B)), initiate: true }],
         DtlsLinkLimits::default(),
+        Instant::now(),
     )
     .unwrap();
     net.add("127.0.0.1:1009", a);
@@ -345,6 +350,7 @@ fn a_peer_whose_certificate_matches_no_pin_is_refused_both_ways() {
                 initiate: true,
             }],
             DtlsLinkLimits::default(),
+            Instant::now(),
         )
         .unwrap(),
     );
@@ -354,6 +360,7 @@ fn a_peer_whose_certificate_matches_no_pin_is_refused_both_ways() {
             DtlsConfig::new(ib),
             vec![DtlsPeer { pin: other.pin(), prefixes: vec![cidr("10.0.0.1/32")], endpoint: None, initiate: false }],
             DtlsLinkLimits::default(),
+            Instant::now(),
         )
         .unwrap(),
     );
@@ -424,6 +431,7 @@ fn a_restarted_peer_renews_its_session_and_a_late_server_is_redialed() {
         DtlsConfig::new(ia),
         vec![DtlsPeer { pin: ib.pin(), prefixes: vec![cidr("10.0.0.2/32")], endpoint: Some(addr(B)), initiate: true }],
         DtlsLinkLimits::default(),
+        Instant::now(),
     )
     .unwrap();
     net.add(A, fresh);
