@@ -228,11 +228,11 @@ impl DtlsLink {
             self.slots.get_mut(&from).expect("checked").renewing = Some(renewing);
         }
         let slot = self.slots.get_mut(&from).expect("a slot exists for this address");
-        let prefixes = slot.peer.map(|i| self.peers[i].config.prefixes.clone());
+        let prefixes = slot.peer.map(|i| self.peers[i].config.prefixes.as_slice());
         let mut out = SlotIo {
             io,
             to: from,
-            prefixes: prefixes.as_deref(),
+            prefixes,
             counters: &self.counters,
             delivered: 0,
             held: slot.peer.is_none().then(Vec::new),
