@@ -197,9 +197,11 @@ fn relay(
                 if dir.to.send_to(&datagram, dir.dest).is_err() {
                     continue;
                 }
-                let mut captured = dir.captured.lock().expect("not poisoned");
-                if captured.len() < dir.capture_limit {
-                    captured.push(datagram);
+                if dir.capture_limit > 0 {
+                    let mut captured = dir.captured.lock().expect("not poisoned");
+                    if captured.len() < dir.capture_limit {
+                        captured.push(datagram);
+                    }
                 }
             }
         }
