@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::goodput::tcp_goodput;
 use super::memlink::gbit;
-use super::{Better, Effort, Figure, Stats};
+use super::{Effort, Outcome, Stats};
 
 /// Socket buffers of every connection in these figures (the bulk one too).
 const BUFFER: usize = 64 * 1024;
@@ -90,7 +90,7 @@ fn goodput_beside(idle: usize, bytes: usize) -> Result<f64, Box<dyn Error>> {
 }
 
 /// `conns_10k_vs_10_goodput`.
-pub fn conns_10k_vs_10_goodput(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn conns_10k_vs_10_goodput(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let (mut many, mut few) = (Vec::new(), Vec::new());
     for _ in 0..effort.runs {
         few.push(goodput_beside(10, effort.bytes)?);
@@ -98,14 +98,9 @@ pub fn conns_10k_vs_10_goodput(effort: Effort) -> Result<Figure, Box<dyn Error>>
     }
     let (m, f) = (Stats::of(&many), Stats::of(&few));
     let ratios: Vec<f64> = many.iter().zip(&few).map(|(m, f)| m / f).collect();
-    Ok(Figure {
-        name: "conns_10k_vs_10_goodput",
-        value: Some(m.median / f.median),
-        unit: "ratio",
-        goal: 0.8,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        m.median / f.median,
+        json!({
             "beside_10000_idle_gbit_s": gbit(m),
             "beside_10_idle_gbit_s": gbit(f),
             "per_run_ratio": Stats::of(&ratios),
@@ -113,7 +108,7 @@ pub fn conns_10k_vs_10_goodput(effort: Effort) -> Result<Figure, Box<dyn Error>>
             "socket_buffer": BUFFER,
             "link": "MemLink, MTU 1500",
         }),
-    })
+    ))
 }
 
 /// Resident memory of this process, in bytes.
@@ -136,17 +131,12 @@ fn rss_per_conn_once() -> Result<f64, Box<dyn Error>> {
 }
 
 /// `rss_per_idle_conn_kib`.
-pub fn rss_per_idle_conn_kib(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn rss_per_idle_conn_kib(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let samples = (0..effort.runs).map(|_| rss_per_conn_once()).collect::<Result<Vec<_>, _>>()?;
     let s = Stats::of(&samples);
-    Ok(Figure {
-        name: "rss_per_idle_conn_kib",
-        value: Some(s.median),
-        unit: "KiB",
-        goal: 64.0,
-        better: Better::Lower,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        s.median,
+        json!({
             "kib_per_connection_both_ends": s,
             "kib_per_socket": s.median / 2.0,
             "connections": RSS_CONNS,
@@ -156,7 +146,7 @@ pub fn rss_per_idle_conn_kib(effort: Effort) -> Result<Figure, Box<dyn Error>> {
                         divided by their number; each connection is two plebnet sockets (one per stack) \
                         and both applications' stream handles",
         }),
-    })
+    ))
 }
 
 /// Opens and closes `count` connections one after another from `client` to
@@ -179,7 +169,7 @@ fn open_close_rate<S: NetStack>(server: &S, client: &S, addr: SocketAddr, count:
 }
 
 /// `connect_rate_vs_kernel`.
-pub fn connect_rate_vs_kernel(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn connect_rate_vs_kernel(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     // Closed connections linger in TIME-WAIT (smoltcp: 10 s, Linux: 60 s)
     // and keep their ephemeral port: stay well below either range.
     let count = if effort.bytes >= 256 << 20 { 3000 } else { 1500 };
@@ -190,19 +180,14 @@ pub fn connect_rate_vs_kernel(effort: Effort) -> Result<Figure, Box<dyn Error>> 
         ours.push(open_close_rate(&a, &b, "10.89.0.1:6002".parse()?, count)?);
     }
     let (o, k) = (Stats::of(&ours), Stats::of(&kernel));
-    Ok(Figure {
-        name: "connect_rate_vs_kernel",
-        value: Some(o.median / k.median),
-        unit: "ratio",
-        goal: 0.5,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        o.median / k.median,
+        json!({
             "plebnet_conns_per_s": o,
             "kernel_conns_per_s": k,
             "connections_per_run": count,
             "plebnet_link": "MemLink, MTU 1500",
             "kernel": "std::net over 127.0.0.1",
         }),
-    })
+    ))
 }

@@ -8,7 +8,7 @@ use plebnet::netstack::nic::{MemLink, MemLinkConfig};
 use serde_json::json;
 
 use super::goodput::tcp_goodput;
-use super::{Better, Effort, Figure, Stats, raw_smoltcp};
+use super::{Effort, Outcome, Stats, raw_smoltcp};
 
 /// Socket buffers used by both sides of the comparison.
 pub const BUFFER: usize = 256 * 1024;
@@ -30,7 +30,7 @@ pub fn plebnet_goodput(bytes: usize) -> Result<f64, Box<dyn std::error::Error>> 
 }
 
 /// The figure: runs both sides `effort.runs` times, interleaved.
-pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Figure, Box<dyn std::error::Error>> {
+pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Outcome, Box<dyn std::error::Error>> {
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..effort.runs {
@@ -39,14 +39,9 @@ pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Figure, Box<dyn std::error::
     }
     let ratios: Vec<f64> = ours.iter().zip(&raw).map(|(o, r)| o / r).collect();
     let (o, r, q) = (Stats::of(&ours), Stats::of(&raw), Stats::of(&ratios));
-    Ok(Figure {
-        name: "memlink_tcp_vs_raw_smoltcp",
-        value: Some(o.median / r.median),
-        unit: "ratio",
-        goal: 0.9,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        o.median / r.median,
+        json!({
             "plebnet_gbit_s": gbit(o),
             "raw_smoltcp_gbit_s": gbit(r),
             "per_run_ratio": q,
@@ -54,7 +49,7 @@ pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Figure, Box<dyn std::error::
             "mtu": MTU,
             "socket_buffer": BUFFER,
         }),
-    })
+    ))
 }
 
 pub fn gbit(s: Stats) -> serde_json::Value {

@@ -79,7 +79,28 @@ pub struct Figure {
     pub detail: serde_json::Value,
 }
 
+/// What one measurement produced; `run`'s table adds the figure's name,
+/// unit and goal.
+pub enum Outcome {
+    /// The value and the raw figures it came from.
+    Measured(f64, serde_json::Value),
+    /// Why it could not be measured on this host.
+    Skipped(String),
+}
+
 impl Figure {
+    /// A measured figure.
+    pub fn measured(
+        name: &'static str,
+        value: f64,
+        unit: &'static str,
+        goal: f64,
+        better: Better,
+        detail: serde_json::Value,
+    ) -> Self {
+        Figure { name, value: Some(value), unit, goal, better, status: "measured", detail }
+    }
+
     fn meets_goal(&self) -> Option<bool> {
         let v = self.value?;
         Some(match self.better {
@@ -129,7 +150,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         if args.quick { Effort { runs: 3, bytes: 64 << 20, plot } } else { Effort { runs: 5, bytes: 256 << 20, plot } };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut figures = Vec::new();
-    type Measure = fn(Effort) -> Result<Figure, Box<dyn std::error::Error>>;
+    type Measure = fn(Effort) -> Result<Outcome, Box<dyn std::error::Error>>;
     let measured: [(&'static str, &'static str, f64, Better, Measure); 12] = [
         ("memlink_tcp_vs_raw_smoltcp", "ratio", 0.9, Better::Higher, memlink::tcp_vs_raw_smoltcp),
         ("udp_mtu1400_tcp_vs_raw_udp", "ratio", 0.8, Better::Higher, udp::mtu1400_tcp_vs_raw_udp),
@@ -148,13 +169,19 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         if !wanted(name) {
             continue;
         }
-        if args.skip_measured {
-            let detail = serde_json::json!({ "reason": "--skip-measured" });
-            figures.push(Figure { name, value: None, unit, goal, better, status: "skipped", detail });
+        let outcome = if args.skip_measured {
+            Outcome::Skipped("--skip-measured".to_string())
         } else {
             eprintln!("measuring {name} ({} runs of {} MiB)...", effort.runs, effort.bytes >> 20);
-            figures.push(measure(effort)?);
-        }
+            measure(effort)?
+        };
+        figures.push(match outcome {
+            Outcome::Measured(value, detail) => Figure::measured(name, value, unit, goal, better, detail),
+            Outcome::Skipped(reason) => {
+                let detail = serde_json::json!({ "reason": reason });
+                Figure { name, value: None, unit, goal, better, status: "skipped", detail }
+            }
+        });
     }
     if let Some(dir) = plot
         && !args.skip_measured

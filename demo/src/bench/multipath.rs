@@ -20,7 +20,7 @@ use plebnet_transport::multipath::{LegOptions, Scheduler, TunnelConfig};
 use plebnet_transport::tls::{Pin, TlsCellStream, client_config_pinned, self_signed, server_config};
 use serde_json::json;
 
-use super::{Better, Effort, Figure, Stats};
+use super::{Effort, Outcome, Stats};
 
 const PORT: u16 = 9000;
 /// Each path's rate in the aggregation figure, bits per second.
@@ -171,7 +171,7 @@ fn plot_failover(d: &Download, dir: &std::path::Path) -> Result<(), Box<dyn Erro
 }
 
 /// `multipath_aggregate_vs_single`.
-pub fn aggregate_vs_single(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn aggregate_vs_single(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let len = effort.bytes / 2;
     let delay = Duration::from_millis(5);
     let (mut two, mut one) = (Vec::new(), Vec::new());
@@ -185,14 +185,9 @@ pub fn aggregate_vs_single(effort: Effort) -> Result<Figure, Box<dyn Error>> {
     }
     let ratios: Vec<f64> = two.iter().zip(&one).map(|(t, o)| t / o).collect();
     let (t, o) = (Stats::of(&two), Stats::of(&one));
-    Ok(Figure {
-        name: "multipath_aggregate_vs_single",
-        value: Some(t.median / o.median),
-        unit: "ratio",
-        goal: 1.8,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        t.median / o.median,
+        json!({
             "two_legs_mbit_s": mbit(t),
             "one_leg_mbit_s": mbit(o),
             "per_run_ratio": Stats::of(&ratios),
@@ -201,11 +196,11 @@ pub fn aggregate_vs_single(effort: Effort) -> Result<Figure, Box<dyn Error>> {
             "bytes_per_run": len,
             "scheduler": "weighted round-robin",
         }),
-    })
+    ))
 }
 
 /// `multipath_failover_stall_s`.
-pub fn failover_stall(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn failover_stall(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let len = effort.bytes / 2;
     let mut stalls = Vec::new();
     for run in 0..effort.runs {
@@ -221,21 +216,16 @@ pub fn failover_stall(effort: Effort) -> Result<Figure, Box<dyn Error>> {
         stalls.push(d.gap.as_secs_f64());
     }
     let st = Stats::of(&stalls);
-    Ok(Figure {
-        name: "multipath_failover_stall_s",
-        value: Some(st.median),
-        unit: "s",
-        goal: 1.0,
-        better: Better::Lower,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        st.median,
+        json!({
             "stall_s": st,
             "path_rtt_ms": 10,
             "path_rate_mbit_s": RATE_BPS / 1_000_000,
             "bytes_per_run": len,
             "how": "the leg carrying the data is killed (its socket shut) when half has arrived; longest gap between reads in the next 4 MiB",
         }),
-    })
+    ))
 }
 
 fn mbit(s: Stats) -> serde_json::Value {

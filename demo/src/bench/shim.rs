@@ -25,43 +25,29 @@ use serde_json::json;
 use super::goodput::tcp_goodput;
 use super::memlink::gbit;
 use super::udp::{UDP_BUFFER, nic_pair};
-use super::{Better, Effort, Figure, Stats};
+use super::{Effort, Outcome, Stats};
 
-const NAME: &str = "shim_iperf3_vs_api";
-const GOAL: f64 = 0.7;
 /// The overlay MTU of both sides.
 const MTU: usize = 1400;
 /// How long one iperf3 run (or the server's start) may take.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn skipped(reason: String) -> Figure {
-    Figure {
-        name: NAME,
-        value: None,
-        unit: "ratio",
-        goal: GOAL,
-        better: Better::Higher,
-        status: "skipped",
-        detail: json!({ "reason": reason }),
-    }
-}
-
 /// `shim_iperf3_vs_api`.
-pub fn iperf3_vs_api(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn iperf3_vs_api(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     iperf3_vs_api_with(effort, &std::env::current_exe()?)
 }
 
 /// The figure, with `exe` as the `plebnet` binary that runs `plebnet run`.
-fn iperf3_vs_api_with(effort: Effort, exe: &Path) -> Result<Figure, Box<dyn Error>> {
+fn iperf3_vs_api_with(effort: Effort, exe: &Path) -> Result<Outcome, Box<dyn Error>> {
     let found = Command::new("iperf3").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
     if !found.is_ok_and(|s| s.success()) {
-        return Ok(skipped("iperf3 is not installed (apt-get install iperf3)".to_string()));
+        return Ok(Outcome::Skipped("iperf3 is not installed (apt-get install iperf3)".to_string()));
     }
     let library = std::env::var_os("PLEBNET_PRELOAD")
         .map(PathBuf::from)
         .unwrap_or_else(|| exe.with_file_name("libplebnet_preload.so"));
     if !library.is_file() {
-        return Ok(skipped(format!(
+        return Ok(Outcome::Skipped(format!(
             "{} not found: build it with `cargo build -p plebnet-preload` (same profile as plebnet)",
             library.display()
         )));
@@ -72,14 +58,9 @@ fn iperf3_vs_api_with(effort: Effort, exe: &Path) -> Result<Figure, Box<dyn Erro
     let _ = std::fs::remove_dir_all(&dir);
     let (shim, api) = result?;
     let (s, a) = (Stats::of(&shim), Stats::of(&api));
-    Ok(Figure {
-        name: NAME,
-        value: Some(s.median / a.median),
-        unit: "ratio",
-        goal: GOAL,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        s.median / a.median,
+        json!({
             "iperf3_shim_gbit_s": gbit(s),
             "api_tcp_gbit_s": gbit(a),
             "bytes_per_run": effort.bytes,
@@ -88,7 +69,7 @@ fn iperf3_vs_api_with(effort: Effort, exe: &Path) -> Result<Figure, Box<dyn Erro
             "note": "iperf3 -c → iperf3 -s, each under `plebnet run` with its own stack (UdpNic on loopback); \
                      the API figure is one plebnet TcpStream between two stacks over a UdpNic pair",
         }),
-    })
+    ))
 }
 
 /// `(iperf3 through the shim, API)` in bits per second, one of each per run.

@@ -263,24 +263,15 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
         "server_handlers_left": lingering,
     });
     let figures = vec![
-        Figure {
-            name: "soak_rss_growth_percent",
-            value: Some((after.rss_kib as f64 - before.rss_kib as f64) * 100.0 / before.rss_kib.max(1) as f64),
-            unit: "%",
-            goal: 5.0,
-            better: Better::Lower,
-            status: "measured",
-            detail: detail.clone(),
-        },
-        Figure {
-            name: "soak_fd_growth",
-            value: Some(after.fds as f64 - before.fds as f64),
-            unit: "count",
-            goal: 0.0,
-            better: Better::Lower,
-            status: "measured",
-            detail,
-        },
+        Figure::measured(
+            "soak_rss_growth_percent",
+            (after.rss_kib as f64 - before.rss_kib as f64) * 100.0 / before.rss_kib.max(1) as f64,
+            "%",
+            5.0,
+            Better::Lower,
+            detail.clone(),
+        ),
+        Figure::measured("soak_fd_growth", after.fds as f64 - before.fds as f64, "count", 0.0, Better::Lower, detail),
     ];
     drop(acceptor); // blocked in accept for as long as the stacks live
     Ok((figures, failures == 0 && lingering == 0))

@@ -22,12 +22,10 @@ use serde_json::json;
 use super::memlink::gbit;
 use super::raw_tap;
 use super::tap_setup::{Direction, KernelPeer, Netns, TIME_LIMIT, USER_CIDR, missing_privilege};
-use super::{Better, Effort, Figure, Stats};
+use super::{Effort, Outcome, Stats};
 
 /// The figure's name.
 const NAME: &str = "tap_tcp_vs_raw_smoltcp";
-/// The figure's goal: plebnet at least as fast as raw smoltcp.
-const GOAL: f64 = 1.0;
 /// TCP socket buffers of both userspace sides (plebnet's default).
 pub const BUFFER: usize = 256 * 1024;
 /// The tap's MTU (the default of [`plebnet::netstack::nic::TunTapConfig::tap`]).
@@ -120,18 +118,9 @@ impl Samples {
 }
 
 /// The figure, or a "skipped" one when this host cannot make taps.
-pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Figure, Box<dyn std::error::Error>> {
-    let figure = |value, status, detail| Figure {
-        name: NAME,
-        value,
-        unit: "ratio",
-        goal: GOAL,
-        better: Better::Higher,
-        status,
-        detail,
-    };
+pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Outcome, Box<dyn std::error::Error>> {
     if let Some(reason) = missing_privilege() {
-        return Ok(figure(None, "skipped", json!({ "reason": reason })));
+        return Ok(Outcome::Skipped(reason));
     }
     let ns = Netns::create()?;
     let (mut read, mut write) = (Samples::default(), Samples::default());
@@ -154,5 +143,5 @@ pub fn tcp_vs_raw_smoltcp(effort: Effort) -> Result<Figure, Box<dyn std::error::
                     super-segments up to 64 KiB each way); the raw smoltcp loop uses plain frames, as smoltcp's \
                     own tap device does",
     });
-    Ok(figure(Some((read_ratio * write_ratio).sqrt()), "measured", detail))
+    Ok(Outcome::Measured((read_ratio * write_ratio).sqrt(), detail))
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::memlink::gbit;
 use super::udp::{UDP_BUFFER, nic_pair};
-use super::{Better, Effort, Figure, Stats};
+use super::{Effort, Outcome, Stats};
 
 /// MTU of the plebnet side's UdpNics.
 const MTU: usize = 65_000;
@@ -127,7 +127,7 @@ fn payload_bits(cells: Stats) -> Stats {
 }
 
 /// `tls_cells_vs_kernel_tls`.
-pub fn cells_vs_kernel_tls(effort: Effort) -> Result<Figure, Box<dyn Error>> {
+pub fn cells_vs_kernel_tls(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let count = effort.bytes / FIXED_CELL_LEN;
     let (mut ours, mut kernel, mut version) = (Vec::new(), Vec::new(), String::new());
     for _ in 0..effort.runs {
@@ -138,14 +138,9 @@ pub fn cells_vs_kernel_tls(effort: Effort) -> Result<Figure, Box<dyn Error>> {
         version = v;
     }
     let (o, k) = (Stats::of(&ours), Stats::of(&kernel));
-    Ok(Figure {
-        name: "tls_cells_vs_kernel_tls",
-        value: Some(o.median / k.median),
-        unit: "ratio",
-        goal: 0.8,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        o.median / k.median,
+        json!({
             "plebnet_cells_per_s": o,
             "kernel_cells_per_s": k,
             "plebnet_payload_gbit_s": gbit(payload_bits(o)),
@@ -156,5 +151,5 @@ pub fn cells_vs_kernel_tls(effort: Effort) -> Result<Figure, Box<dyn Error>> {
             "mtu": MTU,
             "socket_buffer": UDP_BUFFER,
         }),
-    })
+    ))
 }

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::goodput::tcp_goodput;
 use super::memlink::gbit;
-use super::{Better, Effort, Figure, Stats};
+use super::{Effort, Outcome, Stats};
 
 /// TCP buffers of the stacks in these figures: Linux autotunes its
 /// loopback connections up to `net.ipv4.tcp_rmem`'s maximum (6 MiB by
@@ -113,21 +113,16 @@ fn raw_blast(size: usize, bytes: usize) -> Result<f64, Box<dyn std::error::Error
 }
 
 /// `udp_mtu1400_tcp_vs_raw_udp`.
-pub fn mtu1400_tcp_vs_raw_udp(effort: Effort) -> Result<Figure, Box<dyn std::error::Error>> {
+pub fn mtu1400_tcp_vs_raw_udp(effort: Effort) -> Result<Outcome, Box<dyn std::error::Error>> {
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for _ in 0..effort.runs {
         raw.push(raw_blast(1400, effort.bytes)?);
         ours.push(stack_goodput(1400, effort.bytes)?);
     }
     let (o, r) = (Stats::of(&ours), Stats::of(&raw));
-    Ok(Figure {
-        name: "udp_mtu1400_tcp_vs_raw_udp",
-        value: Some(o.median / r.median),
-        unit: "ratio",
-        goal: 0.8,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        o.median / r.median,
+        json!({
             "plebnet_tcp_gbit_s": gbit(o),
             "raw_udp_gbit_s": gbit(r),
             "bytes_per_run": effort.bytes,
@@ -135,11 +130,11 @@ pub fn mtu1400_tcp_vs_raw_udp(effort: Effort) -> Result<Figure, Box<dyn std::err
             "socket_buffer": UDP_BUFFER,
             "note": "TCP goodput counts payload bytes; the raw blast counts whole 1400-byte datagrams that arrived",
         }),
-    })
+    ))
 }
 
 /// `udp_jumbo_tcp_vs_kernel_tcp`.
-pub fn jumbo_tcp_vs_kernel_tcp(effort: Effort) -> Result<Figure, Box<dyn std::error::Error>> {
+pub fn jumbo_tcp_vs_kernel_tcp(effort: Effort) -> Result<Outcome, Box<dyn std::error::Error>> {
     let (mut ours, mut kernel) = (Vec::new(), Vec::new());
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     for _ in 0..effort.runs {
@@ -147,19 +142,14 @@ pub fn jumbo_tcp_vs_kernel_tcp(effort: Effort) -> Result<Figure, Box<dyn std::er
         ours.push(stack_goodput(65_000, effort.bytes)?);
     }
     let (o, k) = (Stats::of(&ours), Stats::of(&kernel));
-    Ok(Figure {
-        name: "udp_jumbo_tcp_vs_kernel_tcp",
-        value: Some(o.median / k.median),
-        unit: "ratio",
-        goal: 0.5,
-        better: Better::Higher,
-        status: "measured",
-        detail: json!({
+    Ok(Outcome::Measured(
+        o.median / k.median,
+        json!({
             "plebnet_tcp_gbit_s": gbit(o),
             "kernel_tcp_gbit_s": gbit(k),
             "bytes_per_run": effort.bytes,
             "mtu": 65_000,
             "socket_buffer": UDP_BUFFER,
         }),
-    })
+    ))
 }
