@@ -146,6 +146,8 @@ pub struct DtlsNic {
     link: DtlsLink,
     mtu: usize,
     buf: Vec<u8>,
+    /// Where the stack writes each outgoing packet.
+    tx_buf: Vec<u8>,
     /// The last (stack time, wall time) pair seen, to express the link's
     /// deadlines in the stack's clock.
     clock: Option<(SmolInstant, std::time::Instant)>,
@@ -193,6 +195,7 @@ impl DtlsNic {
             link,
             mtu: nic.mtu,
             buf: vec![0; RX_BUFFER],
+            tx_buf: Vec::new(),
             clock: None,
         })
     }
@@ -251,13 +254,17 @@ impl phy::RxToken for DtlsRx {
 
 impl phy::TxToken for DtlsTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0; len];
+        // One buffer serves every packet: the link encrypts it away at once.
+        let mut packet = std::mem::take(&mut self.nic.tx_buf);
+        packet.clear();
+        packet.resize(len, 0);
         let r = f(&mut packet);
         if len > self.nic.mtu {
             self.nic.wire.counters.tx_dropped_too_big.inc();
         } else {
             self.nic.link.send_packet(std::time::Instant::now(), &packet, &mut self.nic.wire);
         }
+        self.nic.tx_buf = packet;
         r
     }
 }
