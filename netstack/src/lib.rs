@@ -37,4 +37,4 @@ pub mod wake;
 
 pub use smoltcp;
 pub use socket::{Incoming, TcpListener, TcpStream, UdpSocket};
-pub use stack::{Cidr, CidrParseError, PortError, Route, Stack, StackConfig, StackError, TcpSocketInfo};
+pub use stack::{Cidr, CidrParseError, PortError, Route, Stack, StackConfig, StackError, TcpBuffers, TcpSocketInfo};

@@ -136,6 +136,12 @@ crate::counters! {
         driver_spin_guard,
         /// Orphaned connections aborted after lingering too long.
         orphans_aborted,
+        /// TCP connections whose buffer pages were given back to the kernel
+        /// after a whole `tcp_buffer_idle_release` without traffic.
+        tcp_buffers_released_idle,
+        /// Closed TCP connections whose buffer pages were given back on
+        /// entering TIME-WAIT.
+        tcp_buffers_released_time_wait,
         /// Pure ACKs handed to smoltcp by the recovery assist (NewReno
         /// partial ACKs, data-carrying duplicates, tail-loss probes).
         recovery_acks_injected,

@@ -58,6 +58,11 @@ struct Wire {
     receiver: OnceLock<DriverWaker>,
 }
 
+/// Packet buffers a wire keeps for reuse, at most: enough for a burst of
+/// a quarter of a megabyte windows in flight; beyond it, buffers are
+/// freed, so a past burst does not stay resident.
+const MAX_FREE_BUFFERS: usize = 512;
+
 #[derive(Debug, Default)]
 struct WireQueue {
     packets: VecDeque<Vec<u8>>,
@@ -114,7 +119,7 @@ impl MemNic {
     fn refill_inbox(&mut self) {
         let mut wire = self.rx.queue.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut self.inbox, &mut wire.packets);
-        let keep = self.queue_packets;
+        let keep = self.queue_packets.min(MAX_FREE_BUFFERS);
         for buf in self.spare.drain(..) {
             if wire.free.len() < keep {
                 wire.free.push(buf);
@@ -161,7 +166,9 @@ impl phy::TxToken for MemTx<'_> {
         let queued = {
             let mut wire = self.wire.queue.lock().unwrap_or_else(|e| e.into_inner());
             if wire.packets.len() >= self.queue_packets {
-                wire.free.push(buf);
+                if wire.free.len() < MAX_FREE_BUFFERS {
+                    wire.free.push(buf);
+                }
                 false
             } else {
                 wire.packets.push_back(buf);

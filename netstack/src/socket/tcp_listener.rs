@@ -14,9 +14,9 @@ use std::time::Duration;
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
 use super::{SocketOptions, TcpStream, Wait, block_on};
-use crate::Stack;
 use crate::stack::core::to_std;
 use crate::wake::Event;
+use crate::{Stack, TcpBuffers};
 
 /// A TCP socket listening for connections, like [`std::net::TcpListener`].
 #[derive(Debug)]
@@ -40,6 +40,16 @@ impl TcpListener {
     /// Listens on `addr` with room for `backlog` connections that completed
     /// their handshake but were not accepted yet.
     pub fn bind_with_backlog(stack: &Stack, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+        let buffers = stack.shared().lock().config.tcp_buffers();
+        Self::bind_with(stack, addr, backlog, buffers)
+    }
+
+    /// Listens on `addr` with room for `backlog` connections, and gives the
+    /// connections it accepts buffers of `buffers` instead of the stack's
+    /// sizes. Sizes outside [`TcpBuffers::MIN`]..=[`TcpBuffers::MAX`] are
+    /// refused with `InvalidInput`.
+    pub fn bind_with(stack: &Stack, addr: SocketAddr, backlog: usize, buffers: TcpBuffers) -> io::Result<TcpListener> {
+        let buffers = buffers.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut core = stack.shared().lock();
         let ip = addr.ip();
         let specific = (!ip.is_unspecified()).then(|| IpAddress::from(ip));
@@ -63,7 +73,7 @@ impl TcpListener {
             _ => None,
         };
         let endpoint = IpListenEndpoint { addr: specific, port };
-        let (id, accept_event) = core.add_listener(endpoint, family, backlog);
+        let (id, accept_event) = core.add_listener(endpoint, family, backlog, buffers);
         drop(core);
         stack.wake_driver();
         Ok(TcpListener {

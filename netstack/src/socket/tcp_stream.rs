@@ -10,10 +10,10 @@ use crate::stack::shards::Handle;
 use smoltcp::socket::tcp::{self, RecvError};
 
 use super::{SocketOptions, Wait, block_on};
-use crate::Stack;
 use crate::stack::core::{Core, Orphan, to_std};
 use crate::stack::ingress::FourTuple;
 use crate::wake::SocketSignal;
+use crate::{Stack, TcpBuffers};
 
 /// A TCP connection on a plebnet stack. Behaves like [`std::net::TcpStream`]:
 /// blocking by default, `Read`/`Write` on `&TcpStream`, clones share the
@@ -50,7 +50,7 @@ impl Drop for StreamInner {
             socket.close();
         }
         let since = core.now;
-        core.orphans.push(Orphan { handle: self.handle, port: self.port, passive: self.passive, since });
+        core.orphans.push(Orphan::new(self.handle, self.port, self.passive, since));
         drop(core);
         self.stack.wake_driver();
     }
@@ -67,7 +67,7 @@ impl TcpStream {
     /// Opens a connection to `addr`, waiting up to the stack's
     /// `connect_timeout`.
     pub fn connect(stack: &Stack, addr: SocketAddr) -> io::Result<TcpStream> {
-        Self::connect_inner(stack, addr, None)
+        Self::connect_inner(stack, addr, None, None)
     }
 
     /// Opens a connection to `addr`, waiting at most `timeout`.
@@ -75,10 +75,36 @@ impl TcpStream {
         if timeout.is_zero() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"));
         }
-        Self::connect_inner(stack, addr, Some(timeout))
+        Self::connect_inner(stack, addr, Some(timeout), None)
     }
 
-    fn connect_inner(stack: &Stack, addr: SocketAddr, timeout: Option<Duration>) -> io::Result<TcpStream> {
+    /// Opens a connection to `addr` whose buffers have their own sizes
+    /// instead of the stack's ([`StackConfig::tcp_rx_buffer`] and
+    /// [`tcp_tx_buffer`]), waiting at most `timeout` (`None`: the stack's
+    /// `connect_timeout`). Sizes outside [`TcpBuffers::MIN`]..=[`TcpBuffers::MAX`]
+    /// are refused with `InvalidInput`.
+    ///
+    /// [`StackConfig::tcp_rx_buffer`]: crate::StackConfig::tcp_rx_buffer
+    /// [`tcp_tx_buffer`]: crate::StackConfig::tcp_tx_buffer
+    pub fn connect_with_buffers(
+        stack: &Stack,
+        addr: SocketAddr,
+        buffers: TcpBuffers,
+        timeout: Option<Duration>,
+    ) -> io::Result<TcpStream> {
+        let buffers = buffers.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"));
+        }
+        Self::connect_inner(stack, addr, timeout, Some(buffers))
+    }
+
+    fn connect_inner(
+        stack: &Stack,
+        addr: SocketAddr,
+        timeout: Option<Duration>,
+        buffers: Option<TcpBuffers>,
+    ) -> io::Result<TcpStream> {
         if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -108,17 +134,22 @@ impl TcpStream {
             }
             core.check_connect(addr)?;
             let port = core.ports.alloc_tcp_conn().map_err(|e| io::Error::new(io::ErrorKind::AddrNotAvailable, e))?;
-            let mut socket = core.new_tcp_socket();
-            let cx = core.iface.context();
-            if let Err(e) = socket.connect(cx, (smoltcp::wire::IpAddress::from(addr.ip()), addr.port()), port) {
-                core.ports.release_tcp_conn(port);
-                return Err(io::Error::new(
-                    io::ErrorKind::NetworkUnreachable,
-                    format!("cannot connect to {addr}: {e}"),
-                ));
-            }
-            let local = socket.local_endpoint().map(|e| to_std(e.addr, e.port)).unwrap_or(addr);
-            let handle = core.sockets.add(socket);
+            let sizes = buffers.unwrap_or_else(|| core.config.tcp_buffers());
+            let mut local = addr;
+            let added = core.add_tcp_socket(sizes, |socket, cx| {
+                socket.connect(cx, (smoltcp::wire::IpAddress::from(addr.ip()), addr.port()), port).map_err(|e| {
+                    io::Error::new(io::ErrorKind::NetworkUnreachable, format!("cannot connect to {addr}: {e}"))
+                })?;
+                local = socket.local_endpoint().map_or(addr, |e| to_std(e.addr, e.port));
+                Ok(())
+            });
+            let handle = match added {
+                Ok(handle) => handle,
+                Err(e) => {
+                    core.ports.release_tcp_conn(port);
+                    return Err(e);
+                }
+            };
             core.index_active(handle, addr.ip());
             let timeout = timeout.unwrap_or(core.config.connect_timeout);
             (TcpStream::from_parts(stack.clone(), handle, Some(port), None, local, addr), timeout)
@@ -314,7 +345,10 @@ impl TcpStream {
                 socket.register_send_waker(&inner.signal.tx_waker);
                 None
             }
-            Ok(n) => Some(Ok(n)),
+            Ok(n) => {
+                core.note_written(inner.handle);
+                Some(Ok(n))
+            }
             Err(tcp::SendError::InvalidState) => Some(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 format!("cannot write to {}: the connection's sending side is closed", inner.peer),

@@ -95,6 +95,11 @@ pub struct StackConfig {
     pub tcp_rx_buffer: usize,
     /// Send buffer of each TCP socket, in bytes.
     pub tcp_tx_buffer: usize,
+    /// A TCP connection whose buffers have been empty, and which the
+    /// application has neither read nor written, for this long (up to
+    /// twice this long) gives its buffers' memory back to the kernel. The
+    /// buffers keep their capacity; pages come back as data does.
+    pub tcp_buffer_idle_release: Duration,
     /// Datagrams a UDP socket can hold in each direction.
     pub udp_packets: usize,
     /// Payload bytes a UDP socket can hold in each direction.
@@ -149,6 +154,7 @@ impl Default for StackConfig {
             routes: Vec::new(),
             tcp_rx_buffer: 256 * 1024,
             tcp_tx_buffer: 256 * 1024,
+            tcp_buffer_idle_release: Duration::from_secs(1),
             udp_packets: 256,
             udp_buffer: 256 * 1024,
             default_backlog: 128,
@@ -165,7 +171,51 @@ impl Default for StackConfig {
     }
 }
 
+/// The capacities of one TCP socket's buffers, in bytes.
+///
+/// They are caps, not allocations: a buffer's memory is resident only where
+/// data has been, and an idle connection gives it back (see
+/// [`StackConfig::tcp_buffer_idle_release`]). The receive capacity also
+/// sets the connection's window scale. Each must be at least
+/// [`TcpBuffers::MIN`] and at most [`TcpBuffers::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpBuffers {
+    /// Receive buffer: the most the peer may send ahead of the reader.
+    pub rx: usize,
+    /// Send buffer: the most the writer may queue ahead of the peer's
+    /// acknowledgements.
+    pub tx: usize,
+}
+
+impl TcpBuffers {
+    /// The smallest buffer accepted.
+    pub const MIN: usize = 1024;
+    /// The largest buffer accepted (TCP's window scale reaches 1 GiB; this
+    /// is far more than any path here needs).
+    pub const MAX: usize = 64 << 20;
+
+    /// Checks both sizes against [`MIN`](Self::MIN) and [`MAX`](Self::MAX).
+    pub fn validate(self) -> Result<Self, String> {
+        for (name, size) in [("receive", self.rx), ("send", self.tx)] {
+            if !(Self::MIN..=Self::MAX).contains(&size) {
+                return Err(format!(
+                    "TCP {name} buffer of {size} bytes: must be between {} and {} bytes",
+                    Self::MIN,
+                    Self::MAX
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
 impl StackConfig {
+    /// The stack's default TCP buffer sizes
+    /// ([`tcp_rx_buffer`](Self::tcp_rx_buffer), [`tcp_tx_buffer`](Self::tcp_tx_buffer)).
+    pub fn tcp_buffers(&self) -> TcpBuffers {
+        TcpBuffers { rx: self.tcp_rx_buffer, tx: self.tcp_tx_buffer }
+    }
+
     /// A configuration with one address, e.g. `StackConfig::with_address("10.7.0.1/24")`.
     /// Panics on a malformed address: meant for tests and examples.
     pub fn with_address(cidr: &str) -> Self {

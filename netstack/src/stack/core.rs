@@ -13,13 +13,14 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpListenEndpoint, TcpSeqNumber};
 
-use super::config::StackConfig;
+use super::config::{StackConfig, TcpBuffers};
 use super::device::{Route, StackDevice, SynGuard, Verdict};
 use super::fin_keeper::{FinKeeper, SocketCheck};
 use super::ingress::{FourTuple, TcpMeta};
 use super::limits::{ConnTable, LimitHit, SharedConns};
 use super::ports::PortTable;
 use super::shards::{Handle, Sockets};
+use super::tidy::Shrink;
 use crate::nic::Nic;
 use crate::stats::StackCounters;
 use crate::wake::Event;
@@ -31,6 +32,8 @@ pub(crate) struct ListenerState {
     /// Which address family the listener accepts (`None`: both).
     pub(crate) family: Option<bool>,
     pub(crate) backlog: usize,
+    /// The buffer sizes of the connections it accepts.
+    pub(crate) buffers: TcpBuffers,
     /// Sockets in LISTEN, waiting for a SYN.
     pub(crate) pool: Vec<Handle>,
     /// Sockets that left LISTEN and are not yet accepted, in arrival order.
@@ -52,6 +55,14 @@ pub(crate) struct Orphan {
     /// Its tuple in the SYN guard, for passive connections.
     pub(crate) passive: Option<FourTuple>,
     pub(crate) since: Instant,
+    /// Its buffers' pages were given back (it reached TIME-WAIT).
+    pub(crate) released: bool,
+}
+
+impl Orphan {
+    pub(crate) fn new(handle: Handle, port: Option<u16>, passive: Option<FourTuple>, since: Instant) -> Self {
+        Self { handle, port, passive, since, released: false }
+    }
 }
 
 /// Everything behind the stack lock.
@@ -98,9 +109,19 @@ impl Core {
         }
     }
 
-    /// A fresh TCP socket with the configured buffers and options.
-    pub(crate) fn new_tcp_socket(&self) -> tcp::Socket<'static> {
-        new_tcp_socket(&self.config)
+    /// Adds a TCP socket with buffers of `sizes` and the configured
+    /// options; `setup` connects it (or fails, and nothing is added).
+    pub(crate) fn add_tcp_socket(
+        &mut self,
+        sizes: TcpBuffers,
+        setup: impl FnOnce(&mut tcp::Socket<'static>, &mut smoltcp::iface::Context) -> std::io::Result<()>,
+    ) -> std::io::Result<Handle> {
+        let Self { sockets, iface, config, .. } = self;
+        sockets.add_tcp(sizes, |rx, tx| {
+            let mut socket = new_tcp_socket(rx, tx, config);
+            setup(&mut socket, iface.context())?;
+            Ok(socket)
+        })
     }
 
     /// True if the stack has a way to reach `dst`: an attached prefix, a
@@ -163,6 +184,7 @@ impl Core {
         endpoint: IpListenEndpoint,
         family: Option<bool>,
         backlog: usize,
+        buffers: TcpBuffers,
     ) -> (u64, Arc<Event>) {
         let id = self.next_listener;
         self.next_listener += 1;
@@ -171,6 +193,7 @@ impl Core {
             endpoint,
             family,
             backlog: backlog.max(1),
+            buffers,
             pool: Vec::new(),
             pending: VecDeque::new(),
             pending_since: std::collections::HashMap::new(),
@@ -228,7 +251,7 @@ impl Core {
         drop(conns);
         // Connections of the wrong family, aborted: reaped when closed.
         let since = self.now;
-        self.orphans.extend(stray.into_iter().map(|handle| Orphan { handle, port: None, passive: None, since }));
+        self.orphans.extend(stray.into_iter().map(|handle| Orphan::new(handle, None, None, since)));
         guard.pressed.clear();
         guard.new_batch();
     }
@@ -247,13 +270,14 @@ impl Core {
         for (h, tuple) in listener.pending {
             self.tcp(h).abort();
             let since = self.now;
-            self.orphans.push(Orphan { handle: h, port: None, passive: Some(tuple), since });
+            self.orphans.push(Orphan::new(h, None, Some(tuple), since));
         }
         self.ports.release_tcp_listener(listener.endpoint.addr, listener.endpoint.port);
     }
 
-    /// Removes orphans whose connection has finished; aborts those that
-    /// lingered longer than the configured limit.
+    /// Removes orphans whose connection has finished; gives back the
+    /// buffer pages of those in TIME-WAIT (they will not carry data again);
+    /// aborts those that lingered longer than the configured limit.
     pub(crate) fn reap_orphans(&mut self, guard: &mut SynGuard) {
         let now = self.now;
         let linger = to_smol(self.config.orphan_linger);
@@ -275,11 +299,35 @@ impl Core {
                 }
                 continue;
             }
+            if state == tcp::State::TimeWait && !orphan.released {
+                let handle = orphan.handle;
+                self.orphans[i].released = true;
+                if self.sockets.release_finished(handle) {
+                    self.counters.tcp_buffers_released_time_wait.inc();
+                }
+            }
+            let orphan = &self.orphans[i];
             if now - orphan.since > linger && state != tcp::State::TimeWait {
                 self.sockets.get_mut::<tcp::Socket>(orphan.handle).abort();
                 self.counters.orphans_aborted.inc();
             }
             i += 1;
+        }
+    }
+
+    /// Gives back the spare capacity of the per-connection tables after a
+    /// burst of connections (see `tidy`): cheap unless one has become
+    /// sparse.
+    pub(crate) fn tidy(&mut self) {
+        self.sockets.tidy();
+        self.index.by_tuple.shrink_sparse();
+        self.index.by_handle.shrink_sparse();
+        self.conns.lock().tidy();
+        self.ports.tidy();
+        self.orphans.shrink_sparse();
+        for listener in self.listeners.values_mut() {
+            listener.pending_since.shrink_sparse();
+            listener.pending.shrink_sparse();
         }
     }
 
@@ -299,6 +347,30 @@ impl Core {
         if let Some(e) = self.index.by_handle.get_mut(&handle) {
             e.read = e.read.wrapping_add(n as u32);
         }
+        self.sockets.note_use(handle, self.now, to_smol(self.config.tcp_buffer_idle_release));
+    }
+
+    /// The application wrote into `handle`'s send buffer.
+    pub(crate) fn note_written(&mut self, handle: Handle) {
+        self.sockets.note_use(handle, self.now, to_smol(self.config.tcp_buffer_idle_release));
+    }
+
+    /// Gives back the buffer pages of connections idle for a whole
+    /// `tcp_buffer_idle_release` (see `Sockets::release_idle`). `rcv_high`
+    /// is how far arriving data reached per connection (`SynGuard`): a
+    /// receive buffer is settled, with no out-of-order data in it, once
+    /// RCV.NXT has reached that mark. A connection whose RCV.NXT is not
+    /// known yet is not released.
+    pub(crate) fn release_idle_buffers(&mut self, rcv_high: &HashMap<FourTuple, TcpSeqNumber>) {
+        let Self { sockets, index, config, now, counters, .. } = self;
+        let released = sockets.release_idle(*now, to_smol(config.tcp_buffer_idle_release), |h, socket| {
+            let Some(tuple) = index.by_handle.get(&h).map(|e| e.tuple) else { return false };
+            match rcv_high.get(&tuple) {
+                None => true,
+                Some(&high) => index.rcv_nxt(h, socket).is_some_and(|nxt| high <= nxt),
+            }
+        });
+        counters.tcp_buffers_released_idle.add(released as u64);
     }
 
     /// After each poll (and [`maintain_listeners`](Self::maintain_listeners)):
@@ -527,12 +599,22 @@ impl TcpIndex {
 /// leaving room for the connections already pending within the backlog.
 fn refill_pool(listener: &mut ListenerState, sockets: &mut Sockets, config: &StackConfig) {
     let want = config.listen_pool.max(1).min(listener.backlog.saturating_sub(listener.pending.len()));
+    let endpoint = listener.endpoint;
     while listener.pool.len() < want {
-        let mut socket = new_tcp_socket(config);
-        if socket.listen(listener.endpoint).is_err() {
-            break;
+        let added = sockets.add_tcp(listener.buffers, |rx, tx| {
+            let mut socket = new_tcp_socket(rx, tx, config);
+            socket.listen(endpoint).map_err(|e| std::io::Error::other(format!("cannot listen on {endpoint}: {e}")))?;
+            Ok(socket)
+        });
+        match added {
+            Ok(h) => listener.pool.push(h),
+            Err(e) => {
+                // Retried at the next poll; SYNs meanwhile find the pool
+                // short and are dropped as over the backlog.
+                log::debug!("listener {endpoint}: {e}");
+                break;
+            }
         }
-        listener.pool.push(sockets.add(socket));
     }
 }
 
@@ -657,11 +739,11 @@ fn family_version(v4: bool) -> smoltcp::wire::IpVersion {
     if v4 { smoltcp::wire::IpVersion::Ipv4 } else { smoltcp::wire::IpVersion::Ipv6 }
 }
 
-fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
-    // `vec![0; n]` comes from calloc: untouched pages cost no resident
-    // memory, so idle connections stay small.
-    let rx = tcp::SocketBuffer::new(vec![0u8; config.tcp_rx_buffer]);
-    let tx = tcp::SocketBuffer::new(vec![0u8; config.tcp_tx_buffer]);
+fn new_tcp_socket(
+    rx: tcp::SocketBuffer<'static>,
+    tx: tcp::SocketBuffer<'static>,
+    config: &StackConfig,
+) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(rx, tx);
     socket.set_timeout(Some(to_smol(config.tcp_user_timeout)));
     socket

@@ -31,6 +31,7 @@ use super::limits::{LimitHit, SharedConns};
 use super::link::{ETHERNET_HEADER, Link, Payload};
 use super::recovery::{COPIES, Ingress, RecoveryAssist};
 use super::segment::{self, Bare};
+use super::tidy::Shrink;
 use crate::nic::Nic;
 use crate::stats::StackCounters;
 
@@ -84,9 +85,25 @@ pub(crate) struct SynGuard {
     pub(crate) pressed: HashSet<u16>,
     /// The stack's connection limits (shared with the core).
     pub(crate) conns: SharedConns,
+    /// Per connection: the sequence number just past the furthest data
+    /// that arrived. smoltcp keeps out-of-order data in its receive buffer
+    /// beyond the queued bytes, where `recv_queue` does not count it: only
+    /// once RCV.NXT has reached this mark does the buffer hold nothing
+    /// unread (see `Core::release_idle_buffers`).
+    pub(crate) rcv_high: HashMap<FourTuple, TcpSeqNumber>,
 }
 
 impl SynGuard {
+    /// Notes how far the data of an arriving segment reaches.
+    fn note_data(&mut self, meta: &TcpMeta) {
+        if let Some(end) = meta.data_end {
+            let high = self.rcv_high.entry(meta.tuple).or_insert(end);
+            if end > *high {
+                *high = end;
+            }
+        }
+    }
+
     /// Decides whether a looped-back SYN may reach smoltcp.
     fn admit(&mut self, tuple: FourTuple, seq: TcpSeqNumber, counters: &StackCounters) -> bool {
         if self.live.contains(&tuple) || self.batch.contains_key(&tuple) {
@@ -128,6 +145,7 @@ impl SynGuard {
     /// RSTs, SYNs for existing connections and SYNs no listener takes are
     /// held for the driver's verdict; SYNs beyond a backlog are dropped.
     fn screen(&mut self, meta: &TcpMeta, frame: &[u8], counters: &StackCounters) -> bool {
+        self.note_data(meta);
         if meta.rst {
             self.hold(meta, frame, counters);
             return false;
@@ -322,10 +340,22 @@ impl<N: Nic> StackDevice<N> {
         send_raw(token, &self.scratch, &self.counters);
     }
 
+    /// Gives back the spare capacity of the per-connection tables (see
+    /// `tidy`).
+    pub(crate) fn tidy(&mut self) {
+        self.guard.live.shrink_sparse();
+        self.guard.batch.shrink_sparse();
+        self.guard.rcv_high.shrink_sparse();
+        self.snd.shrink_sparse();
+        self.assist.get_mut().tidy();
+        self.keeper.get_mut().tidy();
+    }
+
     /// Forgets the send state of connections that are gone.
     pub(crate) fn forget_flows(&mut self, gone: impl Iterator<Item = FourTuple>) {
         for tuple in gone {
             self.snd.remove(&tuple);
+            self.guard.rcv_high.remove(&tuple);
         }
     }
 
@@ -426,6 +456,7 @@ fn screen_looped(packet: &[u8], link: Link, guard: &mut SynGuard, counters: &Sta
             Ok(acc) => match acc.tcp {
                 None => Some(None),
                 Some(t) => {
+                    guard.note_data(&t);
                     if t.syn && t.ack {
                         guard.synacks.push((t.tuple, t.seq));
                     }

@@ -1,7 +1,7 @@
 //! The driver thread: the only code that polls smoltcp and touches the NIC.
 //!
 //! Each iteration: acknowledge the doorbell, poll the interface under the
-//! core lock, do listener, orphan and FIN-keeper upkeep, compute the next
+//! core lock, do listener, orphan, idle-buffer and FIN-keeper upkeep, compute the next
 //! deadline (smoltcp's, the device's and the NIC's), then sleep in `poll(2)`
 //! on the doorbell and the NIC's descriptor until that deadline. It never
 //! spins: with nothing to do and no timers, it sleeps until woken.
@@ -42,6 +42,9 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             core.maintain_listeners(&mut device.guard);
             core.settle_held(&mut device, now);
             core.reap_orphans(&mut device.guard);
+            core.release_idle_buffers(&device.guard.rcv_high);
+            core.tidy();
+            device.tidy();
             core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();
             [core.sockets.poll_at(now), device.poll_at()].into_iter().flatten().min()

@@ -50,6 +50,7 @@ use smoltcp::wire::{TcpControl, TcpSeqNumber};
 
 use super::ingress::FourTuple;
 use super::segment::{self, Bare};
+use super::tidy::Shrink;
 
 /// Shortest wait before resending: longer than a delayed ACK, short enough
 /// to finish a close well within a second under loss.
@@ -104,6 +105,11 @@ pub(crate) struct FinKeeper {
 }
 
 impl FinKeeper {
+    /// Gives back the table's spare capacity (see `tidy`).
+    pub(crate) fn tidy(&mut self) {
+        self.entries.shrink_sparse();
+    }
+
     /// An empty keeper.
     pub(crate) fn new() -> Self {
         Self::default()

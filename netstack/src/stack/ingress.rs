@@ -49,6 +49,8 @@ pub(crate) struct TcpMeta {
     pub(crate) syn: bool,
     pub(crate) ack: bool,
     pub(crate) rst: bool,
+    /// For a segment that carries data: the sequence number just past it.
+    pub(crate) data_end: Option<TcpSeqNumber>,
 }
 
 /// `(local address, local port, remote address, remote port)`.
@@ -145,7 +147,9 @@ fn inspect_tcp(payload: &[u8], src: IpAddress, dst: IpAddress) -> Result<Accepte
     TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::ignored()).map_err(|_| Refusal::Malformed)?;
     let tuple = (dst, tcp.dst_port(), src, tcp.src_port());
     let syn = (tcp.syn() && !tcp.ack() && !tcp.rst()).then_some(tuple);
-    let meta = TcpMeta { tuple, seq: tcp.seq_number(), syn: tcp.syn(), ack: tcp.ack(), rst: tcp.rst() };
+    let data = tcp.payload().len();
+    let data_end = (data > 0).then(|| tcp.seq_number() + usize::from(tcp.syn()) + data);
+    let meta = TcpMeta { tuple, seq: tcp.seq_number(), syn: tcp.syn(), ack: tcp.ack(), rst: tcp.rst(), data_end };
     Ok(Accepted { syn, tcp: Some(meta) })
 }
 

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::tidy::Shrink;
 use crate::stack::shards::Handle;
 use smoltcp::wire::IpAddress;
 
@@ -40,6 +41,13 @@ pub(crate) struct ConnTable {
 }
 
 impl ConnTable {
+    /// Gives back the tables' spare capacity (see `tidy`).
+    pub(crate) fn tidy(&mut self) {
+        self.members.shrink_sparse();
+        self.per_peer.shrink_sparse();
+        self.reserved_per_peer.shrink_sparse();
+    }
+
     /// A table enforcing these limits (`None`: unlimited).
     pub(crate) fn new(max_total: Option<usize>, max_per_peer: Option<usize>) -> Self {
         Self { max_total, max_per_peer, ..Self::default() }
@@ -140,7 +148,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let b = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY], vec![0u8; 8]);
-                set.add(udp::Socket::new(b(), b()))
+                set.add_pinned(udp::Socket::new(b(), b()))
             })
             .collect()
     }

@@ -20,6 +20,7 @@ use crate::rng::Rng;
 use crate::stats::{CounterGroup, CounterSource, StackCounters};
 use crate::wake::DriverWaker;
 
+mod buffers;
 mod config;
 pub(crate) mod core;
 mod device;
@@ -32,8 +33,9 @@ mod ports;
 mod recovery;
 mod segment;
 pub(crate) mod shards;
+mod tidy;
 
-pub use config::{Cidr, CidrParseError, Route, StackConfig};
+pub use config::{Cidr, CidrParseError, Route, StackConfig, TcpBuffers};
 pub use ports::PortError;
 
 use self::core::Core;
@@ -108,6 +110,10 @@ pub struct TcpSocketInfo {
     pub send_queue: usize,
     /// Bytes received but not yet read.
     pub recv_queue: usize,
+    /// The send buffer's capacity (see [`TcpBuffers`]).
+    pub send_capacity: usize,
+    /// The receive buffer's capacity (see [`TcpBuffers`]).
+    pub recv_capacity: usize,
 }
 
 /// A running userspace TCP/IP stack. Cheap to clone; every socket keeps its
@@ -220,6 +226,14 @@ impl Stack {
         self.shared().lock().sockets.len()
     }
 
+    /// Bytes of TCP buffer memory resident now, over all the stack's
+    /// sockets: only pages that hold or held data and were not given back
+    /// (see [`TcpBuffers`]). Costs a `mincore(2)` per slab of buffers and a
+    /// byte of scratch per page of them: a diagnostic, not for hot paths.
+    pub fn tcp_buffer_resident_bytes(&self) -> usize {
+        self.shared().lock().sockets.buffer_resident_bytes()
+    }
+
     /// TCP connections the stack holds, as its connection limits count
     /// them (`StackConfig::max_connections`): every socket with a
     /// connection in any state, until the socket is gone; not listeners.
@@ -244,6 +258,8 @@ impl Stack {
                     state: t.state().to_string(),
                     send_queue: t.send_queue(),
                     recv_queue: t.recv_queue(),
+                    send_capacity: t.send_capacity(),
+                    recv_capacity: t.recv_capacity(),
                 }),
                 _ => None,
             })
@@ -308,8 +324,6 @@ fn validate(config: &StackConfig) -> Result<(), StackError> {
             "max_connections and max_connections_per_peer must be at least 1 (None: no limit)".to_string(),
         ));
     }
-    if config.tcp_rx_buffer < 1024 || config.tcp_tx_buffer < 1024 {
-        return Err(StackError::Config("TCP buffers must be at least 1024 bytes".to_string()));
-    }
+    config.tcp_buffers().validate().map_err(StackError::Config)?;
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use smoltcp::wire::IpAddress;
 
+use super::tidy::Shrink;
 use crate::rng::Rng;
 
 /// The IANA dynamic range, as Linux uses by default.
@@ -39,6 +40,11 @@ pub(crate) struct PortTable {
 }
 
 impl PortTable {
+    /// Gives back the tables' spare capacity (see `tidy`).
+    pub(crate) fn tidy(&mut self) {
+        self.tcp_conns.shrink_sparse();
+    }
+
     pub(crate) fn new(seed: u64) -> Self {
         Self { tcp_listeners: HashMap::new(), tcp_conns: HashMap::new(), udp: HashMap::new(), rng: Rng::new(seed) }
     }

@@ -28,6 +28,7 @@ use smoltcp::wire::{TcpControl, TcpSeqNumber};
 
 use super::ingress::FourTuple;
 use super::segment::{Bare, Segment, parse, rewrite};
+use super::tidy::Shrink;
 use crate::stats::StackCounters;
 
 /// Flows tracked at most; beyond this the table is cleared (the assist is
@@ -189,6 +190,12 @@ pub(crate) struct RecoveryAssist {
 }
 
 impl RecoveryAssist {
+    /// Gives back the flow table's spare capacity (see `tidy`).
+    pub(crate) fn tidy(&mut self) {
+        self.flows.shrink_sparse();
+        self.pending_tx.shrink_sparse();
+    }
+
     /// An assist that is active only if `enabled` and counts into `counters`.
     pub(crate) fn new(enabled: bool, counters: Arc<StackCounters>) -> Self {
         Self { enabled, flows: HashMap::new(), counters, pending_tx: Vec::new(), earliest: None }

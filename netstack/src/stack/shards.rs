@@ -12,10 +12,23 @@
 //! Non-TCP sockets (UDP, ICMP) live in shard 0, which gets every packet
 //! that is not TCP or belongs to no known connection (smoltcp then answers
 //! with RST, as it would with one set).
+//!
+//! The TCP sockets' buffers come from the stack's [`BufferPool`]; this is the
+//! one place that hands them out and takes them back, so that no buffer
+//! outlives its socket.
+
+#![allow(unsafe_code)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
-use smoltcp::socket::{AnySocket, Socket};
-use smoltcp::time::Instant;
+use smoltcp::socket::{AnySocket, Socket, tcp};
+use smoltcp::time::{Duration, Instant};
+
+use super::buffers::{BufferPool, IdleWatch, Lease};
+use super::config::TcpBuffers;
+use super::tidy::Shrink;
 
 /// Most sockets one shard holds (shard 0 may hold more: non-TCP sockets
 /// are always put there).
@@ -60,23 +73,59 @@ impl Shard {
     }
 }
 
-/// Every socket of a stack, in shards.
+/// Every socket of a stack, in shards, and the memory of their TCP
+/// buffers.
 #[derive(Debug)]
 pub(crate) struct Sockets {
     shards: Vec<Shard>,
     /// Shards (other than 0) with room, lowest first.
-    room: std::collections::BTreeSet<u32>,
+    room: BTreeSet<u32>,
+    /// Where each TCP socket's buffers live.
+    leases: HashMap<Handle, Lease>,
+    idle: IdleWatch,
+    /// The TCP buffers' memory. Sockets hold slices of it: every socket
+    /// must be dropped before it (see `Drop`).
+    buffers: BufferPool,
 }
 
 impl Default for Sockets {
     fn default() -> Self {
-        Self { shards: vec![Shard::new()], room: std::collections::BTreeSet::new() }
+        Self {
+            shards: vec![Shard::new()],
+            room: BTreeSet::new(),
+            leases: HashMap::new(),
+            idle: IdleWatch::default(),
+            buffers: BufferPool::default(),
+        }
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        // The sockets go first: their buffers are slices of `buffers`.
+        self.shards.clear();
     }
 }
 
 impl Sockets {
-    /// Adds a TCP socket to a shard with room (a new one if none has).
-    pub(crate) fn add<T: AnySocket<'static>>(&mut self, socket: T) -> Handle {
+    /// Adds a TCP socket with buffers of `sizes` to a shard with room (a
+    /// new one if none has). `build` makes the socket from its buffers
+    /// (and may connect or listen); if it fails, nothing is added.
+    pub(crate) fn add_tcp(
+        &mut self,
+        sizes: TcpBuffers,
+        build: impl FnOnce(tcp::SocketBuffer<'static>, tcp::SocketBuffer<'static>) -> io::Result<tcp::Socket<'static>>,
+    ) -> io::Result<Handle> {
+        let (lease, rx, tx) = self.buffers.lease(sizes)?;
+        let socket = match build(rx, tx) {
+            Ok(socket) => socket,
+            Err(e) => {
+                // SAFETY: `build` consumed the buffers and failed: they are
+                // dropped.
+                unsafe { self.buffers.give_back(lease) };
+                return Err(e);
+            }
+        };
         let shard = match self.room.first() {
             Some(&s) => s as usize,
             None => {
@@ -86,7 +135,9 @@ impl Sockets {
                 s
             }
         };
-        self.add_to(shard, socket)
+        let handle = self.add_to(shard, socket);
+        self.leases.insert(handle, lease);
+        Ok(handle)
     }
 
     /// Adds a non-TCP socket: always to shard 0, which gets all non-TCP
@@ -118,15 +169,96 @@ impl Sockets {
         s.set.get_mut(handle.inner)
     }
 
-    /// Removes the socket behind `handle`.
+    /// Removes the socket behind `handle`; a TCP socket's buffers go back
+    /// to the pool.
     pub(crate) fn remove(&mut self, handle: Handle) {
         let shard = handle.shard();
         let s = &mut self.shards[shard];
-        s.set.remove(handle.inner);
+        drop(s.set.remove(handle.inner));
         s.len -= 1;
         if shard != 0 && s.len < SHARD_SIZE {
             self.room.insert(shard as u32);
         }
+        if shard != 0 && s.len == 0 {
+            // An empty shard gives its slots' memory back (a thousand bytes
+            // each): after a burst of connections, the sets it needed do
+            // not stay allocated. No handle refers to it any more.
+            s.set = SocketSet::new(Vec::new());
+        }
+        if let Some(lease) = self.leases.remove(&handle) {
+            self.idle.forget(handle);
+            // SAFETY: the socket that held the buffers was dropped above.
+            unsafe { self.buffers.give_back(lease) };
+        }
+    }
+
+    /// Gives back the spare capacity of the per-socket tables, and drops
+    /// trailing shards that are empty.
+    pub(crate) fn tidy(&mut self) {
+        self.leases.shrink_sparse();
+        self.idle.tidy();
+        while self.shards.len() > 1 && self.shards.last().is_some_and(|s| s.len == 0) {
+            self.shards.pop();
+            self.room.remove(&(self.shards.len() as u32));
+        }
+    }
+
+    /// Bytes of TCP buffer memory resident now.
+    pub(crate) fn buffer_resident_bytes(&self) -> usize {
+        self.buffers.resident_bytes()
+    }
+
+    /// The application moved data through TCP socket `handle` at `now`:
+    /// its buffers may hold pages until it has been idle for `interval`.
+    pub(crate) fn note_use(&mut self, handle: Handle, now: Instant, interval: Duration) {
+        if self.leases.contains_key(&handle) {
+            self.idle.touch(handle, now, interval);
+        }
+    }
+
+    /// Gives the pages of a finished connection's buffers back now, whatever
+    /// they hold: `handle` is in TIME-WAIT or closed, and nobody will read
+    /// what it received. Returns false if it holds no buffers of the pool.
+    pub(crate) fn release_finished(&mut self, handle: Handle) -> bool {
+        let state = self.get::<tcp::Socket>(handle).state();
+        assert!(matches!(state, tcp::State::TimeWait | tcp::State::Closed), "releasing a live connection ({state})");
+        let Some(lease) = self.leases.get(&handle) else { return false };
+        // SAFETY: `&mut self` holds every socket exclusively; the
+        // connection is over, so neither buffer will be read again (smoltcp
+        // sends nothing from a TIME-WAIT send buffer, which is empty).
+        unsafe { self.buffers.discard(lease) };
+        self.idle.forget(handle);
+        true
+    }
+
+    /// Gives back the pages of TCP sockets idle for a whole `interval`
+    /// (nothing read or written) whose buffers hold nothing: both queues
+    /// empty, and `rx_settled` vouches that no out-of-order data waits in
+    /// the receive buffer beyond its (empty) queue. Returns how many.
+    pub(crate) fn release_idle(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        rx_settled: impl Fn(Handle, &tcp::Socket) -> bool,
+    ) -> usize {
+        let Self { shards, leases, idle, buffers, .. } = self;
+        let mut released = 0;
+        idle.sweep(
+            now,
+            interval,
+            |h| {
+                let socket: &tcp::Socket = shards[h.shard()].set.get(h.inner);
+                socket.recv_queue() == 0 && socket.send_queue() == 0 && rx_settled(h, socket)
+            },
+            |h| {
+                // SAFETY: `&mut self` holds every socket exclusively, and
+                // both buffers hold nothing (checked just before, out-of-
+                // order data included): nothing in them will be read.
+                unsafe { buffers.discard(&leases[&h]) };
+                released += 1;
+            },
+        );
+        released
     }
 
     /// Every socket, with its handle.
@@ -146,30 +278,33 @@ impl Sockets {
         &mut self.shards
     }
 
-    /// The earliest time any shard must be polled (`now` for a dirty one).
+    /// The earliest time any shard must be polled (`now` for a dirty one)
+    /// or idle buffers looked for.
     pub(crate) fn poll_at(&self, now: Instant) -> Option<Instant> {
-        self.shards.iter().filter_map(|s| if s.dirty { Some(now) } else { s.deadline }).min()
+        let shards = self.shards.iter().filter_map(|s| if s.dirty { Some(now) } else { s.deadline });
+        shards.chain(self.idle.next_sweep()).min()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::socket::tcp;
 
-    fn tcp_socket() -> tcp::Socket<'static> {
-        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 64]), tcp::SocketBuffer::new(vec![0; 64]))
+    const SIZES: TcpBuffers = TcpBuffers { rx: 4096, tx: 4096 };
+
+    fn add(s: &mut Sockets) -> Handle {
+        s.add_tcp(SIZES, |rx, tx| Ok(tcp::Socket::new(rx, tx))).unwrap()
     }
 
     #[test]
     fn shards_fill_up_and_refill() {
         let mut s = Sockets::default();
-        let handles: Vec<Handle> = (0..SHARD_SIZE * 3).map(|_| s.add(tcp_socket())).collect();
+        let handles: Vec<Handle> = (0..SHARD_SIZE * 3).map(|_| add(&mut s)).collect();
         assert_eq!(s.len(), SHARD_SIZE * 3);
         assert!(handles.iter().all(|h| h.shard() != 0), "TCP sockets stay out of shard 0");
         assert_eq!(handles.iter().map(|h| h.shard()).max(), Some(3));
         s.remove(handles[5]);
-        let again = s.add(tcp_socket());
+        let again = add(&mut s);
         assert_eq!(again.shard(), handles[5].shard(), "a freed place is reused first");
         assert_eq!(s.iter().count(), SHARD_SIZE * 3);
         let _ = s.get::<tcp::Socket>(again);
@@ -178,7 +313,7 @@ mod tests {
     #[test]
     fn dirty_shards_are_due_now() {
         let mut s = Sockets::default();
-        let h = s.add(tcp_socket());
+        let h = add(&mut s);
         let now = Instant::from_millis(10);
         assert_eq!(s.poll_at(now), Some(now));
         for shard in s.shards_mut() {
@@ -189,5 +324,43 @@ mod tests {
         assert_eq!(s.poll_at(now), None, "reading does not dirty");
         let _ = s.get_mut::<tcp::Socket>(h);
         assert!(s.shards_mut()[h.shard()].due(now));
+    }
+
+    #[test]
+    fn a_failed_build_adds_nothing_and_keeps_no_buffers() {
+        let mut s = Sockets::default();
+        let e = s.add_tcp(SIZES, |_, _| Err(io::Error::other("no"))).unwrap_err();
+        assert_eq!(e.to_string(), "no");
+        assert_eq!(s.len(), 0);
+        assert!(s.leases.is_empty());
+        let h = add(&mut s);
+        s.remove(h);
+        assert!(s.leases.is_empty(), "removal gives the buffers back");
+    }
+
+    #[test]
+    fn idle_sockets_are_released_after_a_whole_quiet_interval() {
+        let mut s = Sockets::default();
+        let (a, b) = (add(&mut s), add(&mut s));
+        let second = Duration::from_secs(1);
+        let t = |ms| Instant::from_millis(ms);
+        assert_eq!(s.poll_at(t(0)), Some(t(0)), "new sockets dirty their shard");
+        for shard in s.shards_mut() {
+            shard.dirty = false;
+        }
+        assert_eq!(s.poll_at(t(0)), None, "nothing touched: no sweep timer");
+        s.note_use(a, t(100), second);
+        s.note_use(b, t(100), second);
+        assert_eq!(s.poll_at(t(100)), Some(t(1100)));
+        let settled = |_: Handle, _: &tcp::Socket| true;
+        assert_eq!(s.release_idle(t(1100), second, settled), 0, "touched during this interval");
+        s.note_use(b, t(1500), second);
+        assert_eq!(s.release_idle(t(2100), second, |h, _| h != a), 0, "a holds out-of-order data");
+        assert_eq!(s.release_idle(t(3100), second, settled), 2, "a, and b, quiet since 1500");
+        assert_eq!(s.poll_at(t(3100)), None, "nothing left to watch");
+        s.remove(a);
+        s.note_use(b, t(4000), second);
+        s.remove(b);
+        assert_eq!(s.release_idle(t(5000), second, settled), 0, "removed sockets are forgotten");
     }
 }

@@ -7,4 +7,4 @@ mod userspace;
 
 pub use api::{NetStack, TcpListenerApi, TcpStreamApi, UdpSocketApi};
 pub use os::OsStack;
-pub use plebnet_netstack::{Cidr, Stack, StackConfig, TcpListener, TcpStream, UdpSocket};
+pub use plebnet_netstack::{Cidr, Stack, StackConfig, TcpBuffers, TcpListener, TcpStream, UdpSocket};
