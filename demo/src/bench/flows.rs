@@ -6,7 +6,9 @@
 //!   divided by the same with 10.
 //! * `rss_per_idle_conn_kib`: growth of this process's resident memory per
 //!   idle established connection, **both ends counted** (each connection
-//!   is two sockets, one per stack, plus both applications' handles).
+//!   is two sockets, one per stack, plus both applications' handles), with
+//!   the default 256 KiB buffers, after each connection echoed 16 KiB and
+//!   then idled until its buffer pages went back to the kernel.
 //! * `connect_rate_vs_kernel`: connections opened and closed per second,
 //!   one after another, over the MemLink, divided by the same over kernel
 //!   loopback (std::net on 127.0.0.1) in the same run.
@@ -25,21 +27,24 @@ use super::goodput::tcp_goodput;
 use super::memlink::gbit;
 use super::{Effort, Outcome, Stats};
 
-/// Socket buffers of every connection in these figures (the bulk one too).
+/// Socket buffers of every connection in the goodput and connect-rate
+/// figures (the bulk one too).
 const BUFFER: usize = 64 * 1024;
 /// Idle connections for the memory figure.
 const RSS_CONNS: usize = 10_000;
 /// Bytes each idle connection of the memory figure echoes once, so that
-/// its buffers have been used as a real connection's would have.
-const RSS_ECHO: usize = 64;
+/// its buffers have been used as a real connection's would have: four
+/// pages of each of its four buffers.
+const RSS_ECHO: usize = 16 * 1024;
 
-/// Two stacks over a MemLink: A 10.89.0.1 (listens), B 10.89.0.2.
-fn stacks() -> Result<(Stack, Stack), Box<dyn Error>> {
+/// Two stacks over a MemLink: A 10.89.0.1 (listens), B 10.89.0.2, with
+/// socket buffers of `buffer` bytes each way.
+fn stacks(buffer: usize) -> Result<(Stack, Stack), Box<dyn Error>> {
     let (na, nb) = MemLink::pair(MemLinkConfig { mtu: 1500, queue_packets: 4096 });
     let config = |addr: &str| {
         let mut c = StackConfig::with_address(addr);
-        c.tcp_rx_buffer = BUFFER;
-        c.tcp_tx_buffer = BUFFER;
+        c.tcp_rx_buffer = buffer;
+        c.tcp_tx_buffer = buffer;
         c.default_backlog = 1024;
         c
     };
@@ -77,7 +82,7 @@ fn open_idle(a: &Stack, b: &Stack, n: usize, echo: usize) -> Result<Vec<(TcpStre
 /// Goodput of one bulk connection (bits/s) while `idle` idle connections
 /// exist between the two stacks.
 fn goodput_beside(idle: usize, bytes: usize) -> Result<f64, Box<dyn Error>> {
-    let (a, b) = stacks()?;
+    let (a, b) = stacks(BUFFER)?;
     let conns = open_idle(&a, &b, idle, 0)?;
     let goodput = tcp_goodput(&a, &b, "10.89.0.1:6001".parse()?, bytes)?;
     // The bulk connection's own socket on `a` (the receiving side, which
@@ -118,33 +123,55 @@ fn rss_bytes() -> Result<u64, Box<dyn Error>> {
     Ok(pages * 4096)
 }
 
-/// KiB of resident memory per idle established connection, both ends.
-fn rss_per_conn_once() -> Result<f64, Box<dyn Error>> {
-    let (a, b) = stacks()?;
+fn released_idle(stack: &Stack) -> u64 {
+    stack.stack_counters().tcp_buffers_released_idle.get()
+}
+
+/// KiB of resident memory per connection, both ends: `(idle, busy)`, idle
+/// after the connections' buffer pages went back, busy right after their
+/// echo.
+fn rss_per_conn_once() -> Result<(f64, f64), Box<dyn Error>> {
+    let buffer = StackConfig::default().tcp_rx_buffer;
+    let (a, b) = stacks(buffer)?;
     // Warm up the code paths and allocator, so they are not counted.
     drop(open_idle(&a, &b, 16, RSS_ECHO)?);
     let before = rss_bytes()?;
+    let (released_a, released_b) = (released_idle(&a), released_idle(&b));
     let conns = open_idle(&a, &b, RSS_CONNS, RSS_ECHO)?;
-    let after = rss_bytes()?;
+    let busy = rss_bytes()?;
+    // Wait for every connection to idle out on both stacks (a second or
+    // two: `tcp_buffer_idle_release`).
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while released_idle(&a) < released_a + RSS_CONNS as u64 || released_idle(&b) < released_b + RSS_CONNS as u64 {
+        if Instant::now() > deadline {
+            return Err("idle connections did not give their buffer pages back within 30 s".into());
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let idle = rss_bytes()?;
     drop(conns);
-    Ok(after.saturating_sub(before) as f64 / 1024.0 / RSS_CONNS as f64)
+    let per_conn = |rss: u64| rss.saturating_sub(before) as f64 / 1024.0 / RSS_CONNS as f64;
+    Ok((per_conn(idle), per_conn(busy)))
 }
 
 /// `rss_per_idle_conn_kib`.
 pub fn rss_per_idle_conn_kib(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let samples = (0..effort.runs).map(|_| rss_per_conn_once()).collect::<Result<Vec<_>, _>>()?;
-    let s = Stats::of(&samples);
+    let idle = Stats::of(&samples.iter().map(|s| s.0).collect::<Vec<_>>());
+    let busy = Stats::of(&samples.iter().map(|s| s.1).collect::<Vec<_>>());
     Ok(Outcome::Measured(
-        s.median,
+        idle.median,
         json!({
-            "kib_per_connection_both_ends": s,
-            "kib_per_socket": s.median / 2.0,
+            "kib_per_connection_both_ends": idle,
+            "kib_per_socket": idle.median / 2.0,
+            "kib_per_connection_right_after_echo": busy,
             "connections": RSS_CONNS,
             "echoed_bytes_each": RSS_ECHO,
-            "socket_buffer": BUFFER,
-            "counted": "growth of the process's resident memory while the connections were opened, \
-                        divided by their number; each connection is two plebnet sockets (one per stack) \
-                        and both applications' stream handles",
+            "socket_buffer": StackConfig::default().tcp_rx_buffer,
+            "counted": "growth of the process's resident memory since before the connections were opened, \
+                        divided by their number, once every connection's buffer pages went back to the \
+                        kernel after tcp_buffer_idle_release; each connection is two plebnet sockets (one \
+                        per stack) and both applications' stream handles",
         }),
     ))
 }
@@ -176,7 +203,7 @@ pub fn connect_rate_vs_kernel(effort: Effort) -> Result<Outcome, Box<dyn Error>>
     let (mut ours, mut kernel) = (Vec::new(), Vec::new());
     for _ in 0..effort.runs {
         kernel.push(open_close_rate(&OsStack, &OsStack, "127.0.0.1:0".parse()?, count)?);
-        let (a, b) = stacks()?;
+        let (a, b) = stacks(BUFFER)?;
         ours.push(open_close_rate(&a, &b, "10.89.0.1:6002".parse()?, count)?);
     }
     let (o, k) = (Stats::of(&ours), Stats::of(&kernel));

@@ -24,6 +24,11 @@ use crate::table;
 
 /// Client threads, each with at most one connection open at a time.
 const WORKERS: usize = 8;
+/// Server threads, each serving one connection at a time. A fixed pool
+/// rather than a thread per connection: thread stacks that glibc caches
+/// after a burst of short-lived threads would show as memory growth that
+/// is the harness's, not the stack's.
+const SERVERS: usize = 2 * WORKERS;
 /// Largest transfer on one connection.
 const MAX_BYTES: u64 = 256 * 1024;
 /// How long any single read or write may stall before it counts as failed.
@@ -50,11 +55,16 @@ struct Tally {
     failures: AtomicU64,
 }
 
-/// Resident memory and open descriptors of this process.
+/// Resident memory and open descriptors of this process, and what the two
+/// stacks hold.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
     rss_kib: u64,
     fds: u64,
+    /// Sockets of both stacks (connections in any state, listening sockets).
+    sockets: usize,
+    /// TCP buffer memory of both stacks resident now, KiB.
+    buffer_kib: u64,
 }
 
 impl Usage {
@@ -62,14 +72,14 @@ impl Usage {
     /// the kernel (`malloc_trim`), so that what glibc keeps cached in its
     /// per-thread arenas (the server runs a thread per connection) is not
     /// mistaken for a leak. Every sample is taken this way.
-    fn trimmed() -> io::Result<Usage> {
+    fn trimmed(stacks: [&Stack; 2]) -> io::Result<Usage> {
         // SAFETY: malloc_trim only releases free heap memory; it takes a
         // plain integer and touches no memory of ours.
         unsafe { libc::malloc_trim(0) };
-        Self::now()
+        Self::now(stacks)
     }
 
-    fn now() -> io::Result<Usage> {
+    fn now(stacks: [&Stack; 2]) -> io::Result<Usage> {
         let status = std::fs::read_to_string("/proc/self/status")?;
         let rss_kib = status
             .lines()
@@ -77,13 +87,16 @@ impl Usage {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .ok_or_else(|| io::Error::other("no VmRSS in /proc/self/status"))?;
         let fds = std::fs::read_dir("/proc/self/fd")?.count() as u64;
-        Ok(Usage { rss_kib, fds })
+        let sockets = stacks.iter().map(|s| s.socket_count()).sum();
+        let buffer_kib = stacks.iter().map(|s| s.tcp_buffer_resident_bytes() as u64 / 1024).sum();
+        Ok(Usage { rss_kib, fds, sockets, buffer_kib })
     }
 }
 
 /// Serves one connection: reads an 8-byte length and that many bytes,
-/// answers with their sha256, then waits for the client to close.
-fn serve(stream: TcpStream) -> io::Result<()> {
+/// answers with their sha256, then waits for the client to close. `buf`
+/// is the server thread's scratch space.
+fn serve(stream: TcpStream, buf: &mut [u8]) -> io::Result<()> {
     stream.set_read_timeout(Some(STALL))?;
     stream.set_write_timeout(Some(STALL))?;
     let mut s = &stream;
@@ -91,7 +104,6 @@ fn serve(stream: TcpStream) -> io::Result<()> {
     s.read_exact(&mut len)?;
     let mut left = u64::from_le_bytes(len);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 16 * 1024];
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
         let n = s.read(&mut buf[..want])?;
@@ -102,18 +114,20 @@ fn serve(stream: TcpStream) -> io::Result<()> {
         left -= n as u64;
     }
     s.write_all(&hasher.finalize())?;
-    while s.read(&mut buf)? > 0 {}
+    while s.read(buf)? > 0 {}
     Ok(())
 }
 
 /// One client connection of a random size, closed one of three ways.
-fn churn_one(stack: &Stack, server: SocketAddr, rng: &mut Rng, tally: &Tally) -> io::Result<()> {
+/// `scratch` is the worker's buffer of [`MAX_BYTES`].
+fn churn_one(stack: &Stack, server: SocketAddr, rng: &mut Rng, tally: &Tally, scratch: &mut [u8]) -> io::Result<()> {
     let stream = TcpStream::connect_timeout(stack, server, STALL)?;
     stream.set_read_timeout(Some(STALL))?;
     stream.set_write_timeout(Some(STALL))?;
     let len = rng.below(MAX_BYTES + 1);
-    let mut data = vec![0u8; len as usize];
+    let data = &mut scratch[..len as usize];
     data.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+    let data = &*data;
     let mut s = &stream;
     s.write_all(&len.to_le_bytes())?;
     match rng.below(5) {
@@ -127,17 +141,17 @@ fn churn_one(stack: &Stack, server: SocketAddr, rng: &mut Rng, tally: &Tally) ->
         // Abort: send everything, then drop without reading the answer
         // (unread data makes the close a reset).
         1 => {
-            s.write_all(&data)?;
+            s.write_all(data)?;
             tally.bytes.fetch_add(len, Ordering::Relaxed);
             tally.aborted.fetch_add(1, Ordering::Relaxed);
         }
         // Graceful: check the server's hash, close, wait for its close.
         _ => {
-            s.write_all(&data)?;
+            s.write_all(data)?;
             tally.bytes.fetch_add(len, Ordering::Relaxed);
             let mut answer = [0u8; 32];
             s.read_exact(&mut answer)?;
-            if answer[..] != Sha256::digest(&data)[..] {
+            if answer[..] != Sha256::digest(data)[..] {
                 return Err(io::Error::other("hash mismatch"));
             }
             stream.shutdown(Shutdown::Write)?;
@@ -158,23 +172,23 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
     let a = Stack::new(StackConfig::with_address("10.89.0.1/24"), na)?;
     let b = Stack::new(StackConfig::with_address("10.89.0.2/24"), nb)?;
     let server: SocketAddr = "10.89.0.1:7000".parse()?;
-    let listener = TcpListener::bind(&a, server)?;
+    let listener = Arc::new(TcpListener::bind(&a, server)?);
     let handlers = Arc::new(AtomicUsize::new(0));
-    let acceptor = {
-        let handlers = handlers.clone();
+    // Blocked in accept for as long as the stacks live; they end with the
+    // process.
+    for _ in 0..SERVERS {
+        let (listener, handlers) = (listener.clone(), handlers.clone());
         thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
             while let Ok((stream, _)) = listener.accept() {
                 handlers.fetch_add(1, Ordering::SeqCst);
-                let handlers = handlers.clone();
-                thread::spawn(move || {
-                    // Aborted clients make the server's side fail; that is
-                    // the point, and the client's side judges success.
-                    let _ = serve(stream);
-                    handlers.fetch_sub(1, Ordering::SeqCst);
-                });
+                // Aborted clients make the server's side fail; that is the
+                // point, and the client's side judges success.
+                let _ = serve(stream, &mut buf);
+                handlers.fetch_sub(1, Ordering::SeqCst);
             }
-        })
-    };
+        });
+    }
 
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -188,8 +202,9 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
                 let seed = 0x50a6 + i as u64 + tally.graceful.load(Ordering::Relaxed);
                 thread::spawn(move || {
                     let mut rng = Rng::new(seed);
+                    let mut scratch = vec![0u8; MAX_BYTES as usize];
                     while !stop.load(Ordering::Relaxed) {
-                        if let Err(e) = churn_one(&b, server, &mut rng, &tally) {
+                        if let Err(e) = churn_one(&b, server, &mut rng, &tally, &mut scratch) {
                             log::warn!("soak: connection failed: {e}");
                             tally.failures.fetch_add(1, Ordering::Relaxed);
                         }
@@ -214,12 +229,12 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
     let total = Duration::from_secs(seconds);
     churn(WARM_UP)?;
     thread::sleep(SETTLE);
-    let before = Usage::trimmed()?;
+    let before = Usage::trimmed([&a, &b])?;
     let counted_from = (tally.graceful.load(Ordering::Relaxed), tally.aborted.load(Ordering::Relaxed));
     churn(total)?;
-    let churned = Usage::trimmed()?;
+    let churned = Usage::trimmed([&a, &b])?;
     thread::sleep(SETTLE);
-    let after = Usage::trimmed()?;
+    let after = Usage::trimmed([&a, &b])?;
     let elapsed = started.elapsed().as_secs_f64();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let (graceful, aborted, bytes, failures) =
@@ -233,7 +248,19 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
             churned.rss_kib.to_string(),
             after.rss_kib.to_string(),
         ],
+        vec![
+            "  of which TCP buffers (KiB)".into(),
+            before.buffer_kib.to_string(),
+            churned.buffer_kib.to_string(),
+            after.buffer_kib.to_string(),
+        ],
         vec!["open descriptors".into(), before.fds.to_string(), churned.fds.to_string(), after.fds.to_string()],
+        vec![
+            "stack sockets (both stacks)".into(),
+            before.sockets.to_string(),
+            churned.sockets.to_string(),
+            after.sockets.to_string(),
+        ],
         vec![
             "connections (graceful + aborted)".into(),
             format!("{} + {}", counted_from.0, counted_from.1),
@@ -254,7 +281,9 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
         "seconds": elapsed,
         "workers": WORKERS,
         "rss_kib": { "start": before.rss_kib, "end_of_churn": churned.rss_kib, "settled": after.rss_kib },
+        "tcp_buffer_kib": { "start": before.buffer_kib, "end_of_churn": churned.buffer_kib, "settled": after.buffer_kib },
         "fds": { "start": before.fds, "end_of_churn": churned.fds, "settled": after.fds },
+        "sockets": { "start": before.sockets, "end_of_churn": churned.sockets, "settled": after.sockets },
         "connections_graceful": graceful,
         "connections_aborted": aborted,
         "connections_before_first_sample": counted_from.0 + counted_from.1,
@@ -273,6 +302,5 @@ pub fn run(seconds: u64) -> Result<(Vec<Figure>, bool), Box<dyn std::error::Erro
         ),
         Figure::measured("soak_fd_growth", after.fds as f64 - before.fds as f64, "count", 0.0, Better::Lower, detail),
     ];
-    drop(acceptor); // blocked in accept for as long as the stacks live
     Ok((figures, failures == 0 && lingering == 0))
 }
