@@ -7,22 +7,29 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
-use plebnet::config::NodeConfig;
+use plebnet::config::{NodeConfig, PeerPin};
 use plebnet::node::{Node, NodeOptions, request};
+use plebnet_transport::multipath::NodeMultipath;
+use plebnet_transport::tls::{Pin, server_config};
 
 /// Options of `plebnet node`.
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// The node's TOML configuration (see docs/config.md and configs/).
+    /// Services, including multipath forwards and responders
+    /// (`mp@ADDR1,ADDR2:PORT`), are set there; the command line has no
+    /// service flags.
     #[arg(long)]
     config: PathBuf,
     /// Write every packet each interface sends and receives to this pcap
     /// file (overrides the file's `pcap` keys).
     #[arg(long)]
     pcap: Option<PathBuf>,
-    /// Only check the configuration, then exit.
+    /// Only check the configuration, then exit; prints the pins of the
+    /// node's `[tls]` certificate, for its peers' `pin` keys.
     #[arg(long)]
     check: bool,
 }
@@ -40,6 +47,7 @@ pub struct CtlArgs {
 
 pub fn run_node(args: &NodeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let config = NodeConfig::load(&args.config)?;
+    let identity = identity_lines(&config)?;
     if args.check {
         println!(
             "{}: ok ({} interfaces, {} services)",
@@ -47,10 +55,17 @@ pub fn run_node(args: &NodeArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
             config.interfaces.len(),
             config.services.len()
         );
+        for line in &identity {
+            println!("{line}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let signals = signals::block_termination();
-    let node = Node::start(&config, &NodeOptions { pcap: args.pcap.clone() })?;
+    let options = NodeOptions { pcap: args.pcap.clone(), multipath: Some(Arc::new(NodeMultipath::default())) };
+    let node = Node::start(&config, &options)?;
+    for line in &identity {
+        eprintln!("plebnet node {}: {line}", node.name);
+    }
     for i in &node.interfaces {
         let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
         eprintln!("plebnet node {}: interface {} ({:?} {}) {}", node.name, i.name, i.kind, i.underlay, addrs.join(" "));
@@ -68,6 +83,20 @@ pub fn run_node(args: &NodeArgs) -> Result<ExitCode, Box<dyn std::error::Error>>
     eprintln!("{}", serde_json::to_string(&stats["interfaces"]).unwrap_or_default());
     drop(node);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pins of the node's `[tls]` certificate, as a peer's `pin` key takes them; fails if its key does not
+/// belong to it.
+fn identity_lines(config: &NodeConfig) -> Result<Vec<String>, String> {
+    let Some(identity) = &config.identity else { return Ok(Vec::new()) };
+    server_config(identity.certificate.clone(), identity.private_key.clone_key())
+        .map_err(|e| format!("[tls]: the private key does not belong to the certificate ({e})"))?;
+    let mut pins = Vec::new();
+    if let Some(spki) = Pin::spki_sha256(&identity.certificate) {
+        pins.push(PeerPin::from(spki));
+    }
+    pins.push(PeerPin::from(Pin::cert_sha256(&identity.certificate)));
+    Ok(pins.iter().map(|p| format!("certificate pin = \"{p}\"")).collect())
 }
 
 pub fn run_ctl(args: &CtlArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {

@@ -2,7 +2,8 @@
 //! UdpNic on loopback; `curl` → node A's `forward` → overlay → node B's
 //! `reverse` → a kernel HTTP server (Python's http.server). 20 MiB down and
 //! up, sha256 compared; `plebnet ctl stats` answers; SIGTERM stops both
-//! cleanly. And bad configurations fail with precise messages.
+//! cleanly. And bad configurations fail with precise messages; `--check` prints the `[tls]` certificate's
+//! pins (checked against openssl's) and refuses a key that is not the certificate's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -308,4 +309,36 @@ fn tun_without_privilege_says_what_is_missing() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("CAP_NET_ADMIN") && err.contains("UDP NIC"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `plebnet node --check` prints the pins of the `[tls]` certificate — the same fingerprints openssl
+/// computes — and refuses a key that does not belong to the certificate.
+#[test]
+fn check_prints_the_certificate_pins_and_refuses_a_foreign_key() {
+    let scratch = Scratch::new("pins");
+    let dir = &scratch.0;
+    let sh = |script: &str| {
+        let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("run sh");
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout b.key -out b.crt \
+        -days 1 -subj /CN=node-b 2>/dev/null && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+        -out other.key 2>/dev/null");
+    let spki = sh("openssl x509 -in b.crt -pubkey -noout | openssl pkey -pubin -outform der | sha256sum");
+    let cert = sh("openssl x509 -in b.crt -outform der | sha256sum");
+    let check = |key: &str| {
+        let path = dir.join(format!("{key}.toml"));
+        std::fs::write(&path, format!("{GOOD}\n[tls]\ncertificate = \"b.crt\"\nprivate_key = \"{key}\"\n")).unwrap();
+        Command::new(BIN).args(["node", "--check", "--config"]).arg(&path).output().unwrap()
+    };
+    let out = check("b.key");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first_word = |s: &str| s.split_whitespace().next().unwrap_or_default().to_string();
+    assert!(stdout.contains(&format!("certificate pin = \"spki-sha256:{}\"", first_word(&spki))), "{stdout}");
+    assert!(stdout.contains(&format!("certificate pin = \"cert-sha256:{}\"", first_word(&cert))), "{stdout}");
+    let out = check("other.key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("does not belong to the certificate"), "{stderr}");
 }

@@ -1,7 +1,8 @@
 //! Node configuration: the TOML file that describes one plebnet node — its
 //! interfaces (UDP, tap or tun), addresses, peers, routes, socket buffers,
-//! services and control socket. docs/config.md documents every key;
-//! `configs/` holds working examples.
+//! services (multipath ones with the `mp@A,B:PORT` form), TLS identity and
+//! control socket. docs/config.md documents every key; `configs/` holds
+//! working examples.
 //!
 //! [`NodeConfig::load`] parses and validates in one go. Every error names
 //! the file, the line and column, and the field, e.g.
@@ -19,6 +20,12 @@ use plebnet_netstack::Cidr;
 use plebnet_netstack::nic::{MAX_MTU, MIN_MTU, UdpNicConfig};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+mod service;
+mod tls;
+
+pub use service::{MultipathScheduler, PeerPin, ServiceConfig, parse_multipath_address};
+pub use tls::{TlsIdentity, TlsSection};
 
 /// A problem with a configuration file, with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +80,18 @@ pub struct NodeConfig {
     /// TCP settings for every stack of the node.
     #[serde(default)]
     pub tcp: TcpConfig,
-    /// Services the node runs.
-    #[serde(default, rename = "service")]
+    /// Services the node runs, checked and converted from the file's
+    /// `[[service]]` tables (each with the position of its table).
+    #[serde(skip)]
     pub services: Vec<Spanned<ServiceConfig>>,
+    /// The `[[service]]` tables as written; emptied into `services`.
+    #[serde(default, rename = "service")]
+    service_tables: Vec<Spanned<service::ServiceTable>>,
+    /// The node's certificate and key files, for multipath responders.
+    pub tls: Option<TlsSection>,
+    /// What `tls` names, read when the file was loaded.
+    #[serde(skip)]
+    pub identity: Option<TlsIdentity>,
     /// The control socket for `plebnet ctl`.
     pub control: Option<ControlConfig>,
     /// Settings of the LD_PRELOAD shim (`plebnet run`); other commands
@@ -262,42 +278,6 @@ pub enum Protocol {
     Udp,
 }
 
-/// A service the node runs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ServiceConfig {
-    /// Sends back what it receives, on an overlay address.
-    Echo {
-        /// tcp or udp.
-        protocol: Protocol,
-        /// Overlay address and port.
-        listen: SocketAddr,
-    },
-    /// Reads and forgets, on an overlay address.
-    Discard {
-        /// tcp or udp.
-        protocol: Protocol,
-        /// Overlay address and port.
-        listen: SocketAddr,
-    },
-    /// A kernel TCP listener whose connections are carried to an overlay
-    /// address.
-    Forward {
-        /// Kernel address, e.g. `127.0.0.1:8080`.
-        listen: SocketAddr,
-        /// Overlay address.
-        connect: SocketAddr,
-    },
-    /// An overlay TCP listener whose connections are carried to a kernel
-    /// address.
-    Reverse {
-        /// Overlay address.
-        listen: SocketAddr,
-        /// Kernel address, e.g. `127.0.0.1:8000`.
-        connect: SocketAddr,
-    },
-}
-
 /// The control socket.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,7 +384,7 @@ impl NodeConfig {
     /// Parses and validates `text`, naming `file` in errors.
     pub fn parse(file: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
         let checker = Checker { file, text };
-        let config: NodeConfig = toml::from_str(text).map_err(|e| {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| {
             // toml says what is wrong and where; the key on that line is the field.
             let mut err = checker.error(e.span(), "", e.message().trim_end().to_string());
             if let Some(key) = err.source_line.as_deref().and_then(key_of_line) {
@@ -416,7 +396,7 @@ impl NodeConfig {
         Ok(config)
     }
 
-    fn validate(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
+    fn validate(&mut self, c: &Checker<'_>) -> Result<(), ConfigError> {
         if self.interfaces.is_empty() {
             return Err(c.error(None, "interface", "a node needs at least one [[interface]]"));
         }
@@ -524,47 +504,9 @@ impl NodeConfig {
                 ));
             }
         }
-        let mut listens: Vec<(SocketAddr, Protocol)> = Vec::new();
-        for (s, svc) in self.services.iter().enumerate() {
-            let at = |f: &str| format!("service[{s}].{f}");
-            let protocol = match svc.get_ref() {
-                ServiceConfig::Echo { protocol, .. } | ServiceConfig::Discard { protocol, .. } => *protocol,
-                _ => Protocol::Tcp,
-            };
-            let (overlay_listen, kernel_listen, overlay_connect) = match svc.get_ref() {
-                ServiceConfig::Echo { listen, .. } | ServiceConfig::Discard { listen, .. } => {
-                    (Some(*listen), None, None)
-                }
-                ServiceConfig::Forward { listen, connect } => (None, Some(*listen), Some(*connect)),
-                ServiceConfig::Reverse { listen, .. } => (Some(*listen), None, None),
-            };
-            if let Some(l) = overlay_listen {
-                let ip = l.ip();
-                if !ip.is_unspecified() && !self.owns(ip) {
-                    return Err(c.error(
-                        Some(svc.span()),
-                        at("listen"),
-                        format!("{ip} is not an address of this node's interfaces"),
-                    ));
-                }
-            }
-            if let Some(dst) = overlay_connect
-                && !all_prefixes.iter().any(|(_, p, _)| p.contains(dst.ip()))
-                && !self.routes.iter().any(|r| r.get_ref().dest.0.contains(dst.ip()))
-            {
-                return Err(c.error(
-                    Some(svc.span()),
-                    at("connect"),
-                    format!("no interface or route reaches {}", dst.ip()),
-                ));
-            }
-            for l in overlay_listen.into_iter().chain(kernel_listen) {
-                if listens.contains(&(l, protocol)) {
-                    return Err(c.error(Some(svc.span()), at("listen"), format!("{l} is used by another service")));
-                }
-                listens.push((l, protocol));
-            }
-        }
+        self.identity = self.tls.as_ref().map(|t| tls::load_identity(c, t)).transpose()?;
+        let tables = std::mem::take(&mut self.service_tables);
+        self.services = service::check_services(self, c, &tables)?;
         Ok(())
     }
 
@@ -599,6 +541,12 @@ impl NodeConfig {
     /// True if `ip` is one of the interfaces' addresses.
     pub fn owns(&self, ip: IpAddr) -> bool {
         self.interfaces.iter().flat_map(|i| &i.addresses).any(|a| a.get_ref().0.addr == ip)
+    }
+
+    /// True if an interface prefix or a route reaches `ip`.
+    pub fn reaches(&self, ip: IpAddr) -> bool {
+        self.interfaces.iter().flat_map(|i| &i.addresses).any(|a| a.get_ref().0.contains(ip))
+            || self.routes.iter().any(|r| r.get_ref().dest.0.contains(ip))
     }
 }
 
@@ -684,6 +632,33 @@ socket = "/tmp/a.sock"
         assert_eq!(e.field, "interface[0].peer[1].prefixes");
         assert_eq!(e.position.map(|p| p.0), Some(15), "{e}");
         assert!(e.message.contains("overlaps 10.77.0.2/32"), "{e}");
+    }
+
+    #[test]
+    fn service_mistakes_name_the_line_of_their_key() {
+        for (from, to, line, field, needle) in [
+            ("10.77.0.1:7\"", "10.99.0.1:7\"", 16, "service[0].listen", "10.99.0.1 is not an address of this node"),
+            ("10.77.0.1:7\"", "10.77.0.1:x\"", 16, "service[0].listen", "`10.77.0.1:x` is not an ip:port"),
+            ("10.77.0.2:80", "192.168.1.1:80", 21, "service[1].connect", "no interface or route reaches"),
+            ("10.77.0.2:80\"", "10.77.0.2:80\"\npin = \"x\"", 22, "service[1].pin", "`pin` is for multipath forwards"),
+            ("protocol = \"tcp\"", "protocol = \"sctp\"", 15, "protocol", "unknown variant `sctp`"),
+            (
+                "kind = \"forward\"",
+                "kind = \"forward\"\nprotocol = \"tcp\"",
+                20,
+                "service[1].protocol",
+                "`protocol` is for echo",
+            ),
+            ("kind = \"echo\"", "kind = \"echo\"\ncolour = 1", 15, "colour", "unknown field `colour`"),
+        ] {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from}");
+            let e = parse(&text).unwrap_err();
+            assert_eq!((e.position.map(|p| p.0), e.field.as_str()), (Some(line), field), "{e}");
+            assert!(e.message.contains(needle), "expected `{needle}` in: {e}");
+        }
+        let e = parse(&GOOD.replace("protocol = \"tcp\"\n", "")).unwrap_err();
+        assert_eq!((e.position.map(|p| p.0), e.field.as_str()), (Some(13), "service[0].protocol"), "{e}");
     }
 
     #[test]

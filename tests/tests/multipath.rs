@@ -1,6 +1,6 @@
 //! Multipath tunnels over real plebnet stacks: legs on different NICs joined by the responder in either
-//! order, a leg killed mid-transfer with nothing lost, `connect_multipath` over two addresses, and its
-//! fallback to a single path for a peer that does not speak the protocol.
+//! order, a leg killed mid-transfer with nothing lost, `connect_multipath` over two addresses (also when the
+//! first does not connect), and its fallback to a single path for a peer that does not speak the protocol.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -142,6 +142,28 @@ fn connect_multipath_uses_every_address() {
     tunnel.wait_legs(2, Duration::from_secs(20)).unwrap();
     let responder = listener.accept_timeout(Duration::from_secs(20)).unwrap();
     transfer(&tunnel, &responder, 4 * MIB, 9, || {});
+}
+
+/// A first path that does not connect (nothing listens there) is left out: the next one decides and carries
+/// the tunnel.
+#[test]
+fn connect_multipath_skips_a_path_that_does_not_connect() {
+    let (client, server) = stack_pair(None);
+    let (config, pin) = server_side(true);
+    let listener = TunnelListener::new(TunnelConfig::default());
+    let good: SocketAddr = format!("[fd07::2]:{PORT}").parse().unwrap();
+    listener.serve(server.tcp_listen(good).unwrap(), &config).unwrap();
+    let paths = vec![format!("10.7.0.2:{}", PORT + 1).parse().unwrap(), good];
+    let tls = client_config_pinned(pin);
+    let MultipathConnection::Tunnel(tunnel) =
+        connect_multipath(&client, &paths, "relay.test", &tls, TunnelConfig::default()).unwrap()
+    else {
+        panic!("the peer speaks multipath");
+    };
+    tunnel.wait_legs(1, Duration::from_secs(20)).unwrap();
+    let responder = listener.accept_timeout(Duration::from_secs(20)).unwrap();
+    transfer(&tunnel, &responder, MIB, 11, || {});
+    assert_eq!(tunnel.leg_addresses().iter().map(|l| l.peer).collect::<Vec<_>>(), vec![Some(good)]);
 }
 
 /// Acceptance: a peer that does not speak the multipath protocol (a TLS server without its ALPN) gets a

@@ -7,8 +7,13 @@
 //!                                                  ▼        │
 //!   echo / discard ◀── Stack (per interface) ◀── NIC: udp │ tap │ tun  ──▶ underlay
 //! ```
+//!
+//! Multipath forwards and responders (`mp@A,B:PORT`) send each leg through
+//! the interface that reaches its address; the protocol itself comes from
+//! plebnet-transport through [`NodeOptions::multipath`] (see [`multipath`]).
 
 mod control;
+pub mod multipath;
 mod services;
 mod splice;
 
@@ -24,11 +29,14 @@ use plebnet_netstack::{Cidr, Route, Stack, StackConfig};
 use serde_json::{Value, json};
 
 pub use control::{ControlServer, request};
+pub use multipath::{
+    MultipathAcceptor, MultipathDialer, MultipathService, MultipathStats, MultipathTransport, OverlayStream, PathStats,
+};
 pub use services::ServiceCounters;
-pub use splice::{Spliced, splice};
+pub use splice::{Spliced, splice, splice_overlay};
 
 use crate::config::{InterfaceConfig, InterfaceKind, NodeConfig, Protocol, ServiceConfig};
-use crate::net::OsStack;
+use crate::net::{NetStack, OsStack};
 
 /// Why a node could not start.
 #[derive(Debug)]
@@ -71,6 +79,12 @@ pub struct NodeOptions {
     /// Capture every interface's traffic here (with several interfaces,
     /// `-<name>` is added before the extension).
     pub pcap: Option<PathBuf>,
+    /// The multipath protocol, for `mp@` services: plebnet-transport's
+    /// `plebnet_transport::multipath::NodeMultipath` (this crate cannot
+    /// name it, as plebnet-transport depends on it). Without it, a
+    /// configuration with `mp@` services fails to start with a message
+    /// saying so.
+    pub multipath: Option<Arc<dyn MultipathTransport>>,
 }
 
 /// One interface of a running node.
@@ -97,6 +111,8 @@ pub struct NodeService {
     pub bound: SocketAddr,
     /// Its live counts.
     pub counters: Arc<ServiceCounters>,
+    /// A multipath service's tunnels and legs.
+    pub multipath: Option<Arc<dyn MultipathService>>,
 }
 
 /// A running node. Dropping it closes the control socket; stacks stop when
@@ -130,13 +146,11 @@ impl Node {
             let svc = svc.get_ref().clone();
             let counters = Arc::new(ServiceCounters::default());
             let what = format!("{svc:?}");
-            let bound = node.start_service(&svc, counters.clone()).map_err(|error| NodeError::Service {
-                index,
-                what,
-                error,
-            })?;
+            let (bound, multipath) = node
+                .start_service(config, options, &svc, counters.clone())
+                .map_err(|error| NodeError::Service { index, what, error })?;
             log::info!("node {}: service {svc:?} on {bound}", node.name);
-            node.services.push(NodeService { config: svc, bound, counters });
+            node.services.push(NodeService { config: svc, bound, counters, multipath });
         }
         if let Some(ctl) = &config.control {
             let snapshot = node.stats_source();
@@ -145,10 +159,20 @@ impl Node {
         Ok(node)
     }
 
-    fn start_service(&self, svc: &ServiceConfig, counters: Arc<ServiceCounters>) -> std::io::Result<SocketAddr> {
+    /// Starts one service; returns where it listens and, for a multipath
+    /// service, its stats source.
+    fn start_service(
+        &self,
+        config: &NodeConfig,
+        options: &NodeOptions,
+        svc: &ServiceConfig,
+        counters: Arc<ServiceCounters>,
+    ) -> std::io::Result<(SocketAddr, Option<Arc<dyn MultipathService>>)> {
         let no_stack = || std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no interface for this address");
-        match *svc {
-            ServiceConfig::Echo { protocol, listen } | ServiceConfig::Discard { protocol, listen } => {
+        let transport = || options.multipath.as_ref().ok_or_else(multipath::unsupported);
+        let plain = |bound: SocketAddr| (bound, None);
+        match svc {
+            &ServiceConfig::Echo { protocol, listen } | &ServiceConfig::Discard { protocol, listen } => {
                 let stack = self.stack_owning(listen.ip()).ok_or_else(no_stack)?;
                 let echo = matches!(svc, ServiceConfig::Echo { .. });
                 match (protocol, echo) {
@@ -156,14 +180,37 @@ impl Node {
                     (Protocol::Tcp, false) => services::tcp_discard(stack, listen, counters),
                     (Protocol::Udp, reply) => services::udp_service(stack, listen, reply, counters),
                 }
+                .map(plain)
             }
-            ServiceConfig::Forward { listen, connect } => {
+            &ServiceConfig::Forward { listen, connect } => {
                 let stack = self.stack_reaching(connect.ip()).ok_or_else(no_stack)?;
-                services::relay(&OsStack, listen, stack.clone(), connect, counters)
+                services::relay(&OsStack, listen, stack.clone(), connect, counters).map(plain)
             }
-            ServiceConfig::Reverse { listen, connect } => {
+            &ServiceConfig::Reverse { listen, connect } => {
                 let stack = self.stack_owning(listen.ip()).ok_or_else(no_stack)?;
-                services::relay(stack, listen, OsStack, connect, counters)
+                services::relay(stack, listen, OsStack, connect, counters).map(plain)
+            }
+            ServiceConfig::MultipathForward { listen, paths, pin, scheduler } => {
+                // Each leg through the interface that reaches its address.
+                let via = paths
+                    .iter()
+                    .map(|p| Ok((self.stack_reaching(p.ip()).ok_or_else(no_stack)?.clone(), *p)))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let dialer = transport()?.dialer(via, *pin, *scheduler)?;
+                let bound = multipath::forward(*listen, dialer.clone(), counters)?;
+                Ok((bound, Some(dialer)))
+            }
+            ServiceConfig::MultipathReverse { paths, connect } => {
+                let identity = config.identity.as_ref().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "a multipath reverse needs [tls]")
+                })?;
+                let listeners = paths
+                    .iter()
+                    .map(|p| self.stack_owning(p.ip()).ok_or_else(no_stack)?.tcp_listen(*p))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let acceptor = transport()?.responder(listeners, identity)?;
+                multipath::reverse(acceptor.clone(), *connect, counters)?;
+                Ok((paths[0], Some(acceptor)))
             }
         }
     }
@@ -196,8 +243,12 @@ impl Node {
         let name = self.name.clone();
         let ifaces: Vec<(String, InterfaceKind, Stack, String)> =
             self.interfaces.iter().map(|i| (i.name.clone(), i.kind, i.stack.clone(), i.underlay.clone())).collect();
-        let services: Vec<(String, SocketAddr, Arc<ServiceCounters>)> =
-            self.services.iter().map(|s| (format!("{:?}", s.config), s.bound, s.counters.clone())).collect();
+        type ServiceSource = (String, SocketAddr, Arc<ServiceCounters>, Option<Arc<dyn MultipathService>>);
+        let services: Vec<ServiceSource> = self
+            .services
+            .iter()
+            .map(|s| (format!("{:?}", s.config), s.bound, s.counters.clone(), s.multipath.clone()))
+            .collect();
         Arc::new(move || {
             let interfaces: Vec<Value> = ifaces
                 .iter()
@@ -227,14 +278,18 @@ impl Node {
                 .collect();
             let services: Vec<Value> = services
                 .iter()
-                .map(|(what, bound, c)| {
-                    json!({
+                .map(|(what, bound, c, multipath)| {
+                    let mut entry = json!({
                         "service": what,
                         "listen": bound.to_string(),
                         "accepted": c.accepted.load(Ordering::Relaxed),
                         "failed": c.failed.load(Ordering::Relaxed),
                         "bytes": c.bytes.load(Ordering::Relaxed),
-                    })
+                    });
+                    if let Some(mp) = multipath {
+                        entry["multipath"] = serde_json::to_value(mp.stats()).unwrap_or_default();
+                    }
+                    entry
                 })
                 .collect();
             json!({ "node": name, "interfaces": interfaces, "services": services })

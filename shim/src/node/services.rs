@@ -28,13 +28,13 @@ impl ServiceCounters {
     }
 }
 
-fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+pub(super) fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
     thread::Builder::new().name(name).spawn(f).map(drop)
 }
 
 /// Runs `handle` for every connection accepted on `listener`, each on its
 /// own thread.
-fn serve_tcp<L, F>(name: &str, listener: L, counters: Arc<ServiceCounters>, handle: F) -> io::Result<()>
+pub(super) fn serve_tcp<L, F>(name: &str, listener: L, counters: Arc<ServiceCounters>, handle: F) -> io::Result<()>
 where
     L: TcpListenerApi,
     F: Fn(L::Stream) -> io::Result<u64> + Send + Sync + 'static,

@@ -1032,4 +1032,16 @@ impl TunnelCore {
     pub fn send_progress(&self) -> (u64, u64) {
         (self.next_seq - 1, self.peer_cumulative)
     }
+
+    /// Whether the peer has, in order, everything this side has queued so far: every stream's data and END
+    /// (streams that were reset excepted) and every tunnel-level control message. A side that is done with
+    /// the tunnel waits for this before closing it, so closing loses nothing the peer was still to receive.
+    pub fn delivered(&self) -> bool {
+        self.control.is_empty()
+            && self
+                .streams
+                .values()
+                .all(|s| s.error.is_some() || (s.send_buf.is_empty() && (!s.finishing || s.end_sent)))
+            && self.peer_cumulative + 1 >= self.next_seq
+    }
 }

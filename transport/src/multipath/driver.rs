@@ -12,30 +12,35 @@
 //! during socket I/O. When the core closes a leg (a protocol error, a silent leg, removal) the driver shuts
 //! that leg's socket down, which ends its reader thread; its writer thread sees the leg closed and exits.
 //!
-//! Connecting: [`connect_multipath`] opens a TLS cell stream per path, offering ALPN [`MULTIPATH_ALPN`]. A
-//! server that does not select it does not speak the protocol: the first path is returned as a plain TLS
-//! byte stream ([`MultipathConnection::SinglePath`]) and one line is logged. Accepting: a
-//! [`TunnelListener`] takes legs from any number of TCP listeners (different addresses, NICs) and joins them
-//! into tunnels by nonce with a [`Joiner`].
+//! Connecting: [`connect_multipath`] (or [`connect_multipath_via`], with a stack per path) opens a TLS cell
+//! stream per path, offering ALPN [`MULTIPATH_ALPN`]. A server that does not select it does not speak the
+//! protocol: the first path is returned as a plain TLS byte stream ([`MultipathConnection::SinglePath`]) and
+//! one line is logged. Accepting: a [`TunnelListener`] takes legs from any number of TCP listeners (different
+//! addresses, NICs) and joins them into tunnels by nonce with a [`Joiner`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use plebnet::net::{NetStack, TcpListenerApi, TcpStreamApi};
-use rustls::{ClientConfig, ServerConfig};
+use plebnet::net::{TcpListenerApi, TcpStreamApi};
+use rustls::ServerConfig;
 
 use super::config::{LegOptions, TunnelConfig};
 use super::core::{TunnelCore, TunnelEvent, TunnelStats};
-use super::error::ProtocolError;
+use super::error::{ProtocolError, TunnelError};
 use super::join::{JoinDecision, Joiner};
 use super::leg::{LegId, LegState, LegStats};
 use super::wire::NONCE_LEN;
 use crate::cell::Cell;
-use crate::tls::{CellReader, CellWriter, TlsByteStream, TlsCellStream};
+use crate::tls::{CellReader, CellWriter, TlsCellStream};
+
+pub use super::connect::{
+    MultipathConnection, connect_multipath, connect_multipath_via, multipath_client_config, multipath_server_config,
+    parse_multipath_address,
+};
 
 /// The ALPN protocol name that says "this TLS session is a multipath leg".
 pub const MULTIPATH_ALPN: &[u8] = b"plebnet-mp/1";
@@ -51,6 +56,19 @@ struct Inner {
     aborts: HashMap<LegId, Abort>,
     /// Events kept for [`Tunnel::events`], bounded.
     log: VecDeque<TunnelEvent>,
+    /// Each leg's socket addresses, in leg order.
+    addresses: Vec<LegAddresses>,
+}
+
+/// Where one leg runs: its socket's local and peer addresses (`None` where the socket could not tell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegAddresses {
+    /// The leg.
+    pub leg: LegId,
+    /// This side's address.
+    pub local: Option<SocketAddr>,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
 }
 
 struct Shared {
@@ -103,6 +121,19 @@ pub struct Tunnel {
 
 struct CloseOnDrop(Arc<Shared>);
 
+/// A [`Tunnel`] handle that does not keep it open (for threads that add legs in the background).
+pub(super) struct WeakTunnel {
+    shared: Weak<Shared>,
+    owner: Weak<CloseOnDrop>,
+}
+
+impl WeakTunnel {
+    /// The tunnel, if some [`Tunnel`] still holds it open.
+    pub(super) fn upgrade(&self) -> Option<Tunnel> {
+        Some(Tunnel { _owner: self.owner.upgrade()?, shared: self.shared.upgrade()? })
+    }
+}
+
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         let mut inner = self.0.lock();
@@ -121,7 +152,7 @@ impl std::fmt::Debug for Tunnel {
 impl Tunnel {
     fn from_core(core: TunnelCore) -> Tunnel {
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { core, aborts: HashMap::new(), log: VecDeque::new() }),
+            inner: Mutex::new(Inner { core, aborts: HashMap::new(), log: VecDeque::new(), addresses: Vec::new() }),
             changed: Condvar::new(),
         });
         let timer = shared.clone();
@@ -172,6 +203,7 @@ impl Tunnel {
         writer: CellWriter<S>,
         sock: S,
     ) {
+        inner.addresses.push(LegAddresses { leg, local: sock.local_addr().ok(), peer: sock.peer_addr().ok() });
         inner.aborts.insert(
             leg,
             Box::new(move || {
@@ -259,6 +291,34 @@ impl Tunnel {
     /// Every leg's counters.
     pub fn leg_stats(&self) -> Vec<LegStats> {
         self.shared.lock().core.leg_stats()
+    }
+
+    /// Every leg's socket addresses, closed legs included, in leg order.
+    pub fn leg_addresses(&self) -> Vec<LegAddresses> {
+        self.shared.lock().addresses.clone()
+    }
+
+    /// Why the tunnel is over, if it is.
+    pub fn closed(&self) -> Option<TunnelError> {
+        self.shared.lock().core.closed().cloned()
+    }
+
+    /// Waits until the peer has, in order, everything written to this tunnel's streams (their ENDs included;
+    /// see [`TunnelCore::delivered`]), or until the tunnel closes. A side that is done with a tunnel calls
+    /// this before dropping it, so closing loses nothing the peer was still to receive. Fails with
+    /// `TimedOut` after `timeout`.
+    pub fn wait_delivered(&self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.shared.lock();
+        while !inner.core.delivered() && inner.core.closed().is_none() {
+            inner = wait_until(&self.shared, inner, Some(deadline), "the peer to acknowledge everything sent")?;
+        }
+        Ok(())
+    }
+
+    /// A handle that does not keep the tunnel open.
+    pub(super) fn downgrade(&self) -> WeakTunnel {
+        WeakTunnel { shared: Arc::downgrade(&self.shared), owner: Arc::downgrade(&self._owner) }
     }
 
     /// The last events (legs up and closed, with reasons), oldest first; at most 256 are kept.
@@ -471,97 +531,6 @@ impl Drop for TunnelStream {
     }
 }
 
-// -------------------------------------------------------------------------------------------------------------
-// Connecting
-
-/// What [`connect_multipath`] got.
-pub enum MultipathConnection<S: TcpStreamApi> {
-    /// The peer speaks the protocol: a tunnel over every path that connected.
-    Tunnel(Tunnel),
-    /// The peer does not: the first path as a plain TLS byte stream.
-    SinglePath(Box<TlsByteStream<S>>),
-}
-
-impl<S: TcpStreamApi> std::fmt::Debug for MultipathConnection<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MultipathConnection::Tunnel(t) => f.debug_tuple("Tunnel").field(t).finish(),
-            MultipathConnection::SinglePath(_) => f.write_str("SinglePath"),
-        }
-    }
-}
-
-/// `config` with the multipath ALPN offered.
-pub fn multipath_client_config(config: &ClientConfig) -> Arc<ClientConfig> {
-    let mut c = config.clone();
-    c.alpn_protocols = vec![MULTIPATH_ALPN.to_vec()];
-    Arc::new(c)
-}
-
-/// `config` with the multipath ALPN accepted.
-pub fn multipath_server_config(config: &ServerConfig) -> Arc<ServerConfig> {
-    let mut c = config.clone();
-    c.alpn_protocols = vec![MULTIPATH_ALPN.to_vec()];
-    Arc::new(c)
-}
-
-/// Connects to a peer over several paths (its addresses, one leg each) and builds a tunnel; falls back to a
-/// single TLS byte stream over the first path when the peer does not select [`MULTIPATH_ALPN`].
-///
-/// The first path must connect; a later path that fails is logged and left out (the tunnel works with the
-/// legs it has, and more can be added with [`Tunnel::add_leg`]).
-pub fn connect_multipath<N: NetStack>(
-    net: &N,
-    paths: &[SocketAddr],
-    server_name: &str,
-    tls: &ClientConfig,
-    config: TunnelConfig,
-) -> io::Result<MultipathConnection<N::TcpStream>> {
-    let Some((&first, rest)) = paths.split_first() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "connect_multipath needs at least one path"));
-    };
-    let tls = multipath_client_config(tls);
-    let connect = |addr: SocketAddr| -> io::Result<TlsCellStream<N::TcpStream>> {
-        let tcp = net.tcp_connect_timeout(addr, Duration::from_secs(10))?;
-        tcp.set_nodelay(true)?;
-        TlsCellStream::connect(tcp, server_name, tls.clone())
-    };
-    let stream = connect(first)?;
-    if stream.alpn_protocol() != Some(MULTIPATH_ALPN) {
-        log::info!(
-            "multipath: {first} does not speak {}; using a single path",
-            String::from_utf8_lossy(MULTIPATH_ALPN)
-        );
-        return Ok(MultipathConnection::SinglePath(Box::new(stream.into_byte_stream())));
-    }
-    let tunnel = Tunnel::initiator(config)?;
-    tunnel.add_leg(stream, LegOptions::default())?;
-    for &addr in rest {
-        match connect(addr).and_then(|s| tunnel.add_leg(s, LegOptions::default())) {
-            Ok(_) => {}
-            Err(e) => log::warn!("multipath: path {addr} left out: {e}"),
-        }
-    }
-    Ok(MultipathConnection::Tunnel(tunnel))
-}
-
-/// Parses the multipath address form `mp@ADDR1,ADDR2,...:PORT` (IPv6 addresses in brackets), HAProxy's
-/// `mptcp@` idea; a plain `ADDR:PORT` is one path.
-pub fn parse_multipath_address(text: &str) -> Result<Vec<SocketAddr>, String> {
-    let Some(list) = text.strip_prefix("mp@") else {
-        return text.parse::<SocketAddr>().map(|a| vec![a]).map_err(|e| format!("{text:?}: {e}"));
-    };
-    let (hosts, port) = list.rsplit_once(':').ok_or_else(|| format!("{text:?}: missing :PORT"))?;
-    let port: u16 = port.parse().map_err(|_| format!("{text:?}: bad port {port:?}"))?;
-    hosts
-        .split(',')
-        .map(|h| {
-            let h = h.trim().trim_start_matches('[').trim_end_matches(']');
-            h.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)).map_err(|_| format!("{text:?}: bad address {h:?}"))
-        })
-        .collect()
-}
-
 fn random_nonce() -> io::Result<[u8; NONCE_LEN]> {
     let mut nonce = [0u8; NONCE_LEN];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut nonce)?;
@@ -752,25 +721,5 @@ impl TunnelListener {
             last_refusal: state.last_refusal.clone(),
             tunnels: state.joiner.tunnels().count(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn multipath_addresses_parse() {
-        assert_eq!(
-            parse_multipath_address("mp@10.7.1.2,10.7.2.2:9000").unwrap(),
-            vec!["10.7.1.2:9000".parse().unwrap(), "10.7.2.2:9000".parse::<SocketAddr>().unwrap()]
-        );
-        assert_eq!(
-            parse_multipath_address("mp@[fd00::1],[fd00::2]:80").unwrap(),
-            vec!["[fd00::1]:80".parse().unwrap(), "[fd00::2]:80".parse::<SocketAddr>().unwrap()]
-        );
-        assert_eq!(parse_multipath_address("10.0.0.1:5").unwrap().len(), 1);
-        assert!(parse_multipath_address("mp@10.0.0.1").unwrap_err().contains("PORT"));
-        assert!(parse_multipath_address("mp@10.0.0.x:5").unwrap_err().contains("bad address"));
     }
 }

@@ -31,14 +31,17 @@
 //! * **Hostile cells** (SWITCH 0, two SWITCHes in a row, a jump beyond the window, LINKED twice, an unknown or
 //!   reused nonce) close or refuse that leg alone, with a [`ProtocolError`] that says which rule broke.
 //!
-//! [`TunnelCore`] is the sans-IO state machine; [`driver`] runs it over real cell streams.
+//! [`TunnelCore`] is the sans-IO state machine; [`driver`] runs it over real cell streams; [`NodeMultipath`]
+//! gives a plebnet node (`plebnet node`) its `mp@` forwards and responders.
 
 mod config;
+mod connect;
 mod core;
 pub mod driver;
 mod error;
 mod join;
 mod leg;
+mod node;
 mod stream;
 pub mod wire;
 
@@ -52,3 +55,4 @@ pub use core::{Role, TunnelCore, TunnelEvent, TunnelStats};
 pub use error::{ProtocolError, TunnelError};
 pub use join::{JoinDecision, Joiner};
 pub use leg::{LegId, LegState, LegStats};
+pub use node::NodeMultipath;

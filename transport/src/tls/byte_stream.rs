@@ -7,6 +7,7 @@ use plebnet::net::TcpStreamApi;
 use rustls::Connection;
 
 use super::TlsStreamError;
+use super::byte_split::{self, TlsByteReader, TlsByteWriter};
 
 /// A TLS session over `S` carrying bytes, not cells (blocking, one owner).
 #[derive(Debug)]
@@ -30,6 +31,14 @@ impl<S: TcpStreamApi> TlsByteStream<S> {
             self.conn.write_tls(&mut self.stream)?;
         }
         Ok(())
+    }
+
+    /// Splits the stream into a reader and a writer that may be used from two threads at once (one copying
+    /// each way, as a port forward does).
+    ///
+    /// The reader reads through a [`try_clone`](TcpStreamApi::try_clone) of the socket; fails if that fails.
+    pub fn split(self) -> io::Result<(TlsByteReader<S>, TlsByteWriter<S>)> {
+        byte_split::split(self.conn, self.stream)
     }
 
     /// Sends close_notify and shuts the socket's write side.

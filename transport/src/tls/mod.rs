@@ -43,6 +43,7 @@
 
 #[cfg(feature = "async")]
 mod async_split;
+mod byte_split;
 mod byte_stream;
 mod config;
 mod error;
@@ -61,6 +62,7 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 
 #[cfg(feature = "async")]
 pub use async_split::{AsyncCellReader, AsyncCellWriter, AsyncTcpStream};
+pub use byte_split::{TlsByteReader, TlsByteWriter};
 pub use byte_stream::TlsByteStream;
 pub use config::{client_config_pinned, client_config_webpki, provider, self_signed, server_config};
 pub use error::TlsStreamError;
