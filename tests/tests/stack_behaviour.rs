@@ -107,3 +107,28 @@ fn closing_a_listener_wakes_its_accept_refuses_connections_and_frees_the_port() 
     assert_eq!(&buf, b"new");
     drop(listener); // a second close (on drop) is harmless
 }
+
+#[test]
+fn an_orphan_whose_peer_never_closes_is_aborted_after_the_linger_limit() {
+    let (a, b) = plebnet_tests::stack_pair_with(None, |c| c.orphan_linger = Duration::from_millis(300));
+    let listener = TcpListener::bind(&a, "10.7.0.1:5010".parse().unwrap()).unwrap();
+    let c = TcpStream::connect(&b, "10.7.0.1:5010".parse().unwrap()).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    // B closes and lets go; A never closes: B's connection waits in
+    // FIN-WAIT-2, which has no timer of its own, on a stack with nothing
+    // else to do.
+    drop(c);
+    plebnet_tests::wait_until(Duration::from_secs(10), "A to see the FIN", || {
+        a.tcp_socket_info().iter().any(|i| i.state == "CLOSE-WAIT")
+    });
+    assert_eq!(b.connection_count(), 1);
+    plebnet_tests::wait_until(Duration::from_secs(10), "the orphan's abort", || b.connection_count() == 0);
+    assert_eq!(b.stack_counters().orphans_aborted.get(), 1);
+    // A learns of it by the RST: its stream reads the reset, not a hang.
+    let mut buf = [0u8; 1];
+    let end = (&s).read(&mut buf);
+    assert!(
+        matches!(&end, Ok(0)) || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+}

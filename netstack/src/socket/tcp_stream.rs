@@ -10,8 +10,9 @@ use crate::stack::shards::Handle;
 use smoltcp::socket::tcp::{self, RecvError};
 
 use super::{SocketOptions, Wait, block_on};
-use crate::stack::core::{Core, Orphan, to_std};
+use crate::stack::core::{Core, to_std};
 use crate::stack::ingress::FourTuple;
+use crate::stack::orphans::Orphan;
 use crate::wake::SocketSignal;
 use crate::{Stack, TcpBuffers};
 

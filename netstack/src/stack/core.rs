@@ -18,6 +18,7 @@ use super::device::{Route, StackDevice, SynGuard, Verdict};
 use super::fin_keeper::{FinKeeper, SocketCheck};
 use super::ingress::{FourTuple, TcpMeta};
 use super::limits::{ConnTable, LimitHit, SharedConns};
+use super::orphans::{Fate, Orphan, Orphans};
 use super::ports::PortTable;
 use super::shards::{Handle, Sockets};
 use super::tidy::Shrink;
@@ -46,25 +47,6 @@ pub(crate) struct ListenerState {
     notified_ready: usize,
 }
 
-/// A connection nobody holds any more, kept until its close completes.
-#[derive(Debug)]
-pub(crate) struct Orphan {
-    pub(crate) handle: Handle,
-    /// The ephemeral port to release when it is gone.
-    pub(crate) port: Option<u16>,
-    /// Its tuple in the SYN guard, for passive connections.
-    pub(crate) passive: Option<FourTuple>,
-    pub(crate) since: Instant,
-    /// Its buffers' pages were given back (it reached TIME-WAIT).
-    pub(crate) released: bool,
-}
-
-impl Orphan {
-    pub(crate) fn new(handle: Handle, port: Option<u16>, passive: Option<FourTuple>, since: Instant) -> Self {
-        Self { handle, port, passive, since, released: false }
-    }
-}
-
 /// Everything behind the stack lock.
 pub(crate) struct Core {
     pub(crate) iface: Interface,
@@ -72,7 +54,9 @@ pub(crate) struct Core {
     pub(crate) ports: PortTable,
     pub(crate) listeners: HashMap<u64, ListenerState>,
     next_listener: u64,
-    pub(crate) orphans: Vec<Orphan>,
+    pub(crate) orphans: Orphans,
+    /// The shards the driver polled in its latest round.
+    pub(crate) polled: Vec<usize>,
     /// Which TCP socket has which 4-tuple, for the FIN keeper's review.
     index: TcpIndex,
     pub(crate) config: StackConfig,
@@ -99,7 +83,8 @@ impl Core {
             ports: PortTable::new(seed),
             listeners: HashMap::new(),
             next_listener: 1,
-            orphans: Vec::new(),
+            orphans: Orphans::default(),
+            polled: Vec::new(),
             index: TcpIndex::default(),
             config,
             conns,
@@ -251,7 +236,9 @@ impl Core {
         drop(conns);
         // Connections of the wrong family, aborted: reaped when closed.
         let since = self.now;
-        self.orphans.extend(stray.into_iter().map(|handle| Orphan::new(handle, None, None, since)));
+        for handle in stray {
+            self.orphans.push(Orphan::new(handle, None, None, since));
+        }
         guard.pressed.clear();
         guard.new_batch();
     }
@@ -278,41 +265,39 @@ impl Core {
     /// Removes orphans whose connection has finished; gives back the
     /// buffer pages of those in TIME-WAIT (they will not carry data again);
     /// aborts those that lingered longer than the configured limit.
+    /// Only orphans of the shards polled this round are looked at, and all
+    /// of them once a second (see `stack/orphans.rs`).
     pub(crate) fn reap_orphans(&mut self, guard: &mut SynGuard) {
         let now = self.now;
         let linger = to_smol(self.config.orphan_linger);
-        let mut i = 0;
-        while i < self.orphans.len() {
-            let orphan = &self.orphans[i];
+        let Self { orphans, polled, sockets, index, conns, ports, counters, .. } = self;
+        orphans.review(now, polled, |orphan| {
             // Read first: touching a socket mutably makes its shard due.
-            let state = self.sockets.get::<tcp::Socket>(orphan.handle).state();
+            let state = sockets.get::<tcp::Socket>(orphan.handle).state();
             if state == tcp::State::Closed {
-                let orphan = self.orphans.swap_remove(i);
-                self.index.forget(orphan.handle);
-                self.conns.lock().remove(orphan.handle);
-                self.sockets.remove(orphan.handle);
+                index.forget(orphan.handle);
+                conns.lock().remove(orphan.handle);
+                sockets.remove(orphan.handle);
                 if let Some(port) = orphan.port {
-                    self.ports.release_tcp_conn(port);
+                    ports.release_tcp_conn(port);
                 }
                 if let Some(tuple) = orphan.passive {
                     guard.live.remove(&tuple);
                 }
-                continue;
+                return Fate::Gone;
             }
             if state == tcp::State::TimeWait && !orphan.released {
-                let handle = orphan.handle;
-                self.orphans[i].released = true;
-                if self.sockets.release_finished(handle) {
-                    self.counters.tcp_buffers_released_time_wait.inc();
+                orphan.released = true;
+                if sockets.release_finished(orphan.handle) {
+                    counters.tcp_buffers_released_time_wait.inc();
                 }
             }
-            let orphan = &self.orphans[i];
             if now - orphan.since > linger && state != tcp::State::TimeWait {
-                self.sockets.get_mut::<tcp::Socket>(orphan.handle).abort();
-                self.counters.orphans_aborted.inc();
+                sockets.get_mut::<tcp::Socket>(orphan.handle).abort();
+                counters.orphans_aborted.inc();
             }
-            i += 1;
-        }
+            Fate::Keep
+        });
     }
 
     /// Gives back the spare capacity of the per-connection tables after a
@@ -324,7 +309,7 @@ impl Core {
         self.index.by_handle.shrink_sparse();
         self.conns.lock().tidy();
         self.ports.tidy();
-        self.orphans.shrink_sparse();
+        self.orphans.tidy();
         for listener in self.listeners.values_mut() {
             listener.pending_since.shrink_sparse();
             listener.pending.shrink_sparse();

@@ -47,7 +47,7 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             device.tidy();
             core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();
-            [core.sockets.poll_at(now), device.poll_at()].into_iter().flatten().min()
+            [core.sockets.poll_at(now), device.poll_at(), core.orphans.next_review()].into_iter().flatten().min()
         };
         if device.has_loopback() || shared.waker.is_pending() {
             continue;
@@ -83,6 +83,7 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
 /// without work are not visited, so idle connections cost nothing here.
 fn poll_shards<N: Nic>(core: &mut Core, device: &mut StackDevice<N>, now: Instant) {
     core.iface.poll_maintenance(now);
+    core.polled.clear();
     while let Some(route) = device.stage(now) {
         let shard = core.shard_for(&device.guard, route);
         let s = &mut core.sockets.shards_mut()[shard];
@@ -92,10 +93,11 @@ fn poll_shards<N: Nic>(core: &mut Core, device: &mut StackDevice<N>, now: Instan
             break;
         }
     }
-    for s in core.sockets.shards_mut() {
+    for (i, s) in core.sockets.shards_mut().iter_mut().enumerate() {
         if !s.due(now) {
             continue;
         }
+        core.polled.push(i);
         s.dirty = false;
         while core.iface.poll_egress(now, device, &mut s.set) != PollResult::None {}
         s.deadline = core.iface.poll_at(now, &s.set);

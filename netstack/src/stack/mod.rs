@@ -29,6 +29,7 @@ mod fin_keeper;
 pub(crate) mod ingress;
 mod limits;
 mod link;
+pub(crate) mod orphans;
 mod ports;
 mod recovery;
 mod segment;
