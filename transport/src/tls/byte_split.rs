@@ -9,10 +9,8 @@ use std::sync::Arc;
 use plebnet::net::TcpStreamApi;
 
 use super::TlsStreamError;
+use super::recv::CipherIn;
 use super::shared::Shared;
-
-/// Socket bytes read per read call.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// The receiving half of a [`TlsByteStream`](super::TlsByteStream), from
 /// [`split`](super::TlsByteStream::split).
@@ -23,16 +21,12 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct TlsByteReader<S: TcpStreamApi> {
     shared: Arc<Shared<S>>,
     stream: S,
-    /// Received ciphertext; `inbuf[in_pos..in_len]` is not yet fed to rustls.
-    inbuf: Box<[u8]>,
-    in_pos: usize,
-    in_len: usize,
-    eof: bool,
+    cipher: CipherIn,
 }
 
 impl<S: TcpStreamApi> std::fmt::Debug for TlsByteReader<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsByteReader").field("stream", &self.stream).field("eof", &self.eof).finish()
+        f.debug_struct("TlsByteReader").field("stream", &self.stream).finish_non_exhaustive()
     }
 }
 
@@ -55,14 +49,7 @@ pub(super) fn split<S: TcpStreamApi>(
 ) -> io::Result<(TlsByteReader<S>, TlsByteWriter<S>)> {
     let read_half = stream.try_clone()?;
     let shared = Arc::new(Shared::new(conn, stream));
-    let reader = TlsByteReader {
-        shared: shared.clone(),
-        stream: read_half,
-        inbuf: vec![0; READ_CHUNK].into_boxed_slice(),
-        in_pos: 0,
-        in_len: 0,
-        eof: false,
-    };
+    let reader = TlsByteReader { shared: shared.clone(), stream: read_half, cipher: CipherIn::new() };
     Ok((reader, TlsByteWriter { shared }))
 }
 
@@ -87,47 +74,21 @@ impl<S: TcpStreamApi> TlsByteReader<S> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TlsStreamError::Truncated.into()),
             Err(e) => return Err(e),
         }
-        if self.in_pos == self.in_len {
-            if self.eof {
-                return Err(TlsStreamError::Truncated.into());
-            }
-            return Ok(Step::NeedBytes);
-        }
-        let n = conn.read_tls(&mut &self.inbuf[self.in_pos..self.in_len])?;
-        // read_tls takes nothing once close_notify has arrived: bytes after it are ignored.
-        self.in_pos = if n == 0 { self.in_len } else { self.in_pos + n };
-        let processed = conn.process_new_packets().map(|_| ());
-        let wants_write = conn.wants_write();
-        drop(conn);
-        if wants_write {
-            self.shared.set_pending();
-        }
-        let flushed = self.shared.flush_from_reader();
-        if let Err(err) = processed {
-            return Err(self.shared.kill(TlsStreamError::from_received(err)).into());
-        }
-        flushed?;
-        Ok(Step::Progress)
+        let progress = self.cipher.feed(conn, &self.shared, |shared| shared.flush_from_reader())?;
+        Ok(if progress { Step::Progress } else { Step::NeedBytes })
     }
 
     /// Reads the socket, holding no lock; at EOF tells rustls, so that it can tell a clean close from a cut.
     /// Called only when rustls holds no plaintext (it refuses input while its plaintext buffer is full).
     fn fill(&mut self) -> io::Result<()> {
         let n = loop {
-            match self.stream.read(&mut self.inbuf) {
+            match self.stream.read(self.cipher.buf()) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         };
-        self.in_pos = 0;
-        self.in_len = n;
-        if n == 0 {
-            self.eof = true;
-            let mut conn = self.shared.conn()?;
-            conn.read_tls(&mut io::empty())?;
-            conn.process_new_packets().map_err(|e| self.shared.kill(TlsStreamError::from_received(e)))?;
-        }
+        self.cipher.filled(n, &self.shared)?;
         // The socket woke us: a good moment to retry output the socket refused earlier.
         self.shared.flush_from_reader()
     }

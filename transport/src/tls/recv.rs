@@ -3,6 +3,9 @@
 //! one to the other under the connection lock. Socket I/O and the hand-off of TLS output stay with the caller.
 
 use std::io;
+use std::sync::MutexGuard;
+
+use rustls::Connection;
 
 use super::TlsStreamError;
 use super::shared::Shared;
@@ -21,18 +24,82 @@ pub(crate) enum Step {
     NeedBytes,
 }
 
+/// Received ciphertext on its way into rustls, and whether the socket has ended: the part every TLS reader
+/// here (cells, blocking or async, and bytes) shares.
+pub(crate) struct CipherIn {
+    /// `buf[pos..len]` is not yet fed to rustls.
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    /// The socket reached EOF.
+    eof: bool,
+}
+
+impl CipherIn {
+    pub(crate) fn new() -> Self {
+        CipherIn { buf: vec![0; READ_CHUNK].into_boxed_slice(), pos: 0, len: 0, eof: false }
+    }
+
+    /// Feeds the next received ciphertext to rustls through `conn` (the connection lock, released before
+    /// `flush`), then calls `flush` to hand any TLS output this produced to a thread or task that can write
+    /// it (the pending flag is set first). `Ok(false)`: everything received is processed, read the socket
+    /// into [`buf`](Self::buf). At EOF with nothing left, the stream was cut: [`TlsStreamError::Truncated`].
+    pub(crate) fn feed<S: io::Write>(
+        &mut self,
+        mut conn: MutexGuard<'_, Connection>,
+        shared: &Shared<S>,
+        flush: impl FnOnce(&Shared<S>) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        if self.pos == self.len {
+            if self.eof {
+                return Err(TlsStreamError::Truncated.into());
+            }
+            return Ok(false);
+        }
+        let n = conn.read_tls(&mut &self.buf[self.pos..self.len])?;
+        // read_tls takes nothing once close_notify has arrived: bytes after it are ignored.
+        self.pos = if n == 0 { self.len } else { self.pos + n };
+        let processed = conn.process_new_packets().map(|_| ());
+        let wants_write = conn.wants_write();
+        drop(conn);
+        if wants_write {
+            shared.set_pending();
+        }
+        let flushed = flush(shared);
+        if let Err(err) = processed {
+            return Err(shared.kill(TlsStreamError::from_received(err)).into());
+        }
+        flushed?;
+        Ok(true)
+    }
+
+    /// The buffer to read socket bytes into when [`feed`](Self::feed) returned `Ok(false)`.
+    pub(crate) fn buf(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Records that the socket read put `n` bytes into [`buf`](Self::buf). At EOF (`n == 0`), tells rustls
+    /// so that it can tell a clean close from a cut.
+    pub(crate) fn filled<S: io::Write>(&mut self, n: usize, shared: &Shared<S>) -> io::Result<()> {
+        self.pos = 0;
+        self.len = n;
+        if n == 0 {
+            self.eof = true;
+            let mut conn = shared.conn()?;
+            conn.read_tls(&mut io::empty())?;
+            conn.process_new_packets().map_err(|e| shared.kill(TlsStreamError::from_received(e)))?;
+        }
+        Ok(())
+    }
+}
+
 /// Received ciphertext, plaintext on its way to cells, and the reader's terminal states.
 pub(crate) struct RecvState {
     decoder: CellDecoder,
-    /// Received ciphertext; `inbuf[in_pos..in_len]` is not yet fed to rustls.
-    inbuf: Box<[u8]>,
-    in_pos: usize,
-    in_len: usize,
+    cipher: CipherIn,
     plain: Box<[u8]>,
     /// The peer's close_notify arrived: no more cells after the decoded ones.
     pub(crate) closed: bool,
-    /// The socket reached EOF.
-    eof: bool,
     /// The fatal error's kind and message, returned again by every later call.
     failed: Option<(io::ErrorKind, String)>,
 }
@@ -41,12 +108,9 @@ impl RecvState {
     pub(crate) fn new() -> Self {
         RecvState {
             decoder: CellDecoder::new(),
-            inbuf: vec![0; READ_CHUNK].into_boxed_slice(),
-            in_pos: 0,
-            in_len: 0,
+            cipher: CipherIn::new(),
             plain: vec![0; PLAIN_CHUNK].into_boxed_slice(),
             closed: false,
-            eof: false,
             failed: None,
         }
     }
@@ -109,46 +173,17 @@ impl RecvState {
                 Err(e) => return Err(e),
             }
         }
-        if self.in_pos == self.in_len {
-            if self.eof {
-                return Err(TlsStreamError::Truncated.into());
-            }
-            return Ok(Step::NeedBytes);
-        }
-        let n = conn.read_tls(&mut &self.inbuf[self.in_pos..self.in_len])?;
-        // read_tls takes nothing once close_notify has arrived: bytes after it are ignored.
-        self.in_pos = if n == 0 { self.in_len } else { self.in_pos + n };
-        let processed = conn.process_new_packets().map(|_| ());
-        let wants_write = conn.wants_write();
-        drop(conn);
-        if wants_write {
-            shared.set_pending();
-        }
-        let flushed = flush(shared);
-        if let Err(err) = processed {
-            return Err(shared.kill(TlsStreamError::from_received(err)).into());
-        }
-        flushed?;
-        Ok(Step::Progress)
+        Ok(if self.cipher.feed(conn, shared, flush)? { Step::Progress } else { Step::NeedBytes })
     }
 
     /// The buffer to read socket bytes into after [`Step::NeedBytes`].
     pub(crate) fn inbuf(&mut self) -> &mut [u8] {
-        &mut self.inbuf
+        self.cipher.buf()
     }
 
-    /// Records that the socket read put `n` bytes into [`inbuf`](Self::inbuf). At EOF (`n == 0`), tells rustls
-    /// so that it can tell a clean close from a cut.
+    /// Records that the socket read put `n` bytes into [`inbuf`](Self::inbuf) (see [`CipherIn::filled`]).
     pub(crate) fn filled<S: io::Write>(&mut self, n: usize, shared: &Shared<S>) -> io::Result<()> {
-        self.in_pos = 0;
-        self.in_len = n;
-        if n == 0 {
-            self.eof = true;
-            let mut conn = shared.conn()?;
-            conn.read_tls(&mut io::empty())?;
-            conn.process_new_packets().map_err(|e| shared.kill(TlsStreamError::from_received(e)))?;
-        }
-        Ok(())
+        self.cipher.filled(n, shared)
     }
 }
 
