@@ -136,6 +136,10 @@ crate::counters! {
         driver_spin_guard,
         /// Orphaned connections aborted after lingering too long.
         orphans_aborted,
+        /// Outgoing connections in TIME-WAIT (for a second or more) whose
+        /// sockets were dropped to reuse their ports, because every
+        /// ephemeral port was taken.
+        time_wait_reused,
         /// TCP connections whose buffer pages were given back to the kernel
         /// after a whole `tcp_buffer_idle_release` without traffic.
         tcp_buffers_released_idle,

@@ -2,7 +2,8 @@
 //! `max_connections_per_peer`. Beyond them a local connect fails at once
 //! with `QuotaExceeded` and a message naming the limit, and a remote SYN is
 //! dropped unanswered and counted; once a connection is gone, the next one
-//! succeeds.
+//! succeeds. The ephemeral port range running out is not a failure while
+//! ports sit in TIME-WAIT: they are reused.
 //!
 //! Stack A is 10.7.0.1 / fd07::1, B is 10.7.0.2 / fd07::2: B's two
 //! addresses are two different peers for A.
@@ -154,4 +155,43 @@ fn a_limit_of_zero_is_a_configuration_error() {
     c.max_connections = Some(0);
     let e = Stack::new(c, na).unwrap_err().to_string();
     assert!(e.contains("max_connections"), "{e}");
+}
+
+/// Every ephemeral port held by a connection in TIME-WAIT: the next connect
+/// takes back the oldest ports (their connections closed over a second
+/// ago), as Linux's `tcp_tw_reuse` does, instead of failing.
+#[test]
+fn ports_in_time_wait_are_reused_when_the_range_runs_out() {
+    const PORTS: usize = 16_384;
+    let (a, b) = stack_pair_with(None, |c| c.default_backlog = 1024);
+    let listener = TcpListener::bind(&a, addr("10.7.0.1:7190")).unwrap();
+    let mut buf = [0u8; 1];
+    let first_close = std::time::Instant::now();
+    for i in 0..PORTS {
+        let c = TcpStream::connect_timeout(&b, addr("10.7.0.1:7190"), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let (s, _) = listener.accept().unwrap();
+        drop(c);
+        assert_eq!((&s).read(&mut buf).unwrap(), 0, "connection {i}: EOF expected");
+    }
+    // B closed first each time: its sockets hold every port in TIME-WAIT
+    // (10 s in smoltcp), and none has been reused yet.
+    assert_eq!(b.stack_counters().time_wait_reused.get(), 0);
+    wait_until(Duration::from_secs(30), "B's connections to reach TIME-WAIT", || {
+        b.tcp_socket_info().iter().filter(|i| i.state == "TIME-WAIT").count() >= PORTS - 64
+    });
+    // Reuse needs a second in TIME-WAIT (the rule under test, not a wait
+    // for another thread): on a machine fast enough to close them all
+    // sooner, let the oldest reach that age.
+    if let Some(rest) = Duration::from_millis(1100).checked_sub(first_close.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let mut c = TcpStream::connect_timeout(&b, addr("10.7.0.1:7190"), Duration::from_secs(10))
+        .expect("a port in TIME-WAIT is reused");
+    let (mut s, _) = listener.accept().unwrap();
+    c.write_all(b"after").unwrap();
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after");
+    assert!(b.stack_counters().time_wait_reused.get() >= 1);
 }

@@ -134,7 +134,7 @@ impl TcpStream {
                 ));
             }
             core.check_connect(addr)?;
-            let port = core.ports.alloc_tcp_conn().map_err(|e| io::Error::new(io::ErrorKind::AddrNotAvailable, e))?;
+            let port = core.alloc_ephemeral_port()?;
             let sizes = buffers.unwrap_or_else(|| core.config.tcp_buffers());
             let mut local = addr;
             let added = core.add_tcp_socket(sizes, |socket, cx| {

@@ -300,6 +300,41 @@ impl Core {
         });
     }
 
+    /// An ephemeral port for an outgoing connection. When every port is
+    /// taken, ports held only by connections in TIME-WAIT for at least
+    /// [`TIME_WAIT_REUSE_AGE`] are taken back, oldest first (up to
+    /// [`TIME_WAIT_REUSE_BATCH`] at once): their sockets go, silently, as
+    /// Linux's `tcp_tw_reuse` lets an outgoing connection reuse a port in
+    /// TIME-WAIT after a second. Without it a churn faster than the range
+    /// divided by smoltcp's 10 s TIME-WAIT (1,638 connections per second)
+    /// fails for want of ports.
+    pub(crate) fn alloc_ephemeral_port(&mut self) -> std::io::Result<u16> {
+        let exhausted = match self.ports.alloc_tcp_conn() {
+            Ok(port) => return Ok(port),
+            Err(e) => e,
+        };
+        let now = self.now;
+        let sockets = &self.sockets;
+        // Only active opens hold an ephemeral port (and they have no entry
+        // in the SYN guard, which the driver owns).
+        let reusable = self.orphans.take_oldest(TIME_WAIT_REUSE_BATCH, |o| {
+            o.port.is_some()
+                && o.passive.is_none()
+                && now - o.since >= TIME_WAIT_REUSE_AGE
+                && sockets.get::<tcp::Socket>(o.handle).state() == tcp::State::TimeWait
+        });
+        for orphan in reusable {
+            self.index.forget(orphan.handle);
+            self.conns.lock().remove(orphan.handle);
+            self.sockets.remove(orphan.handle);
+            if let Some(port) = orphan.port {
+                self.ports.release_tcp_conn(port);
+            }
+            self.counters.time_wait_reused.inc();
+        }
+        self.ports.alloc_tcp_conn().map_err(|_| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, exhausted))
+    }
+
     /// Gives back the spare capacity of the per-connection tables after a
     /// burst of connections (see `tidy`): cheap unless one has become
     /// sparse.
@@ -671,6 +706,12 @@ fn sort_pool(
         }
     }
 }
+
+/// How long an outgoing connection must have been in TIME-WAIT (at least:
+/// the age counts from its close) before its port may be reused.
+const TIME_WAIT_REUSE_AGE: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(1);
+/// Ports taken back from TIME-WAIT at once when the range runs out.
+const TIME_WAIT_REUSE_BATCH: usize = 64;
 
 /// Half-open connections a pressed listener drops at once, at most.
 const EVICT_BATCH: usize = 8;

@@ -92,6 +92,21 @@ impl Orphans {
         }
     }
 
+    /// Takes out up to `most` orphans for which `pick` holds, oldest first
+    /// (one pass over all of them: for rare paths only).
+    pub(crate) fn take_oldest(&mut self, most: usize, pick: impl Fn(&Orphan) -> bool) -> Vec<Orphan> {
+        let mut found: Vec<(Instant, usize, usize)> = Vec::new();
+        for (s, list) in self.by_shard.iter().enumerate() {
+            found.extend(list.iter().enumerate().filter(|(_, o)| pick(o)).map(|(i, o)| (o.since, s, i)));
+        }
+        found.sort_unstable();
+        found.truncate(most);
+        // Highest index first within each shard, so swap_remove moves no
+        // orphan that is still to be taken.
+        found.sort_unstable_by_key(|&(_, s, i)| std::cmp::Reverse((s, i)));
+        found.into_iter().map(|(_, s, i)| self.by_shard[s].swap_remove(i)).collect()
+    }
+
     /// When the driver must run a review even if nothing else wakes it:
     /// the next full scan, while there are orphans (so that the linger
     /// limit holds on an otherwise idle stack).
@@ -147,5 +162,34 @@ mod tests {
             if o.handle == handles[0] { Fate::Gone } else { Fate::Keep }
         });
         assert_eq!(count(&mut orphans, Instant::from_millis(2000), &[]), 129, "gone orphans are dropped");
+    }
+
+    #[test]
+    fn the_oldest_matching_orphans_are_taken_out() {
+        let mut sockets = Sockets::default();
+        let sizes = TcpBuffers { rx: 4096, tx: 4096 };
+        let mut orphans = Orphans::default();
+        let mut handles = Vec::new();
+        for i in 0..150u64 {
+            let h = sockets.add_tcp(sizes, |rx, tx| Ok(tcp::Socket::new(rx, tx))).unwrap();
+            // Ages out of order, odd ones without a port.
+            let since = Instant::from_millis(((i * 37) % 150) as i64);
+            orphans.push(Orphan::new(h, (i % 2 == 0).then_some(1000 + i as u16), None, since));
+            handles.push(h);
+        }
+        let taken = orphans.take_oldest(10, |o| o.port.is_some());
+        let mut ages: Vec<i64> = taken.iter().map(|o| o.since.total_millis()).collect();
+        assert_eq!(taken.len(), 10);
+        assert!(taken.iter().all(|o| o.port.is_some()));
+        ages.sort_unstable();
+        let mut expected: Vec<i64> = (0..150u64).filter(|i| i % 2 == 0).map(|i| ((i * 37) % 150) as i64).collect();
+        expected.sort_unstable();
+        assert_eq!(ages, expected[..10]);
+        let mut left = 0;
+        orphans.review(Instant::ZERO, &[], |_| {
+            left += 1;
+            Fate::Keep
+        });
+        assert_eq!(left, 140, "the others stay");
     }
 }
