@@ -116,8 +116,10 @@ pub fn conns_10k_vs_10_goodput(effort: Effort) -> Result<Outcome, Box<dyn Error>
     ))
 }
 
-/// Resident memory of this process, in bytes.
+/// Resident memory of this process, in bytes, after `malloc_trim` (the
+/// figures measured before this one leave freed memory cached).
 fn rss_bytes() -> Result<u64, Box<dyn Error>> {
+    super::trim_heap();
     let statm = std::fs::read_to_string("/proc/self/statm")?;
     let pages: u64 = statm.split_whitespace().nth(1).ok_or("short /proc/self/statm")?.parse()?;
     Ok(pages * 4096)

@@ -249,3 +249,12 @@ fn print_report(figures: &[Figure]) {
         .collect();
     println!("{}", table::render(&["figure", "value", "unit", "goal", "status"], &rows));
 }
+
+/// Hands the allocator's free memory back to the kernel (`malloc_trim`),
+/// so that a resident-memory sample counts what is in use, not what glibc
+/// keeps cached from an earlier figure or burst.
+pub(super) fn trim_heap() {
+    // SAFETY: malloc_trim only releases free heap memory; it takes a plain
+    // integer and touches no memory of ours.
+    unsafe { libc::malloc_trim(0) };
+}

@@ -120,7 +120,13 @@ impl Orphans {
     /// Gives back spare capacity (see `tidy`).
     pub(crate) fn tidy(&mut self) {
         for list in &mut self.by_shard {
-            list.shrink_sparse();
+            if list.is_empty() {
+                // A burst leaves hundreds of shards' lists empty but with
+                // room for 64 orphans each.
+                *list = Vec::new();
+            } else {
+                list.shrink_sparse();
+            }
         }
         while self.by_shard.last().is_some_and(Vec::is_empty) {
             self.by_shard.pop();
