@@ -106,8 +106,9 @@ DESCRIPTIONS = {
     "and buffers, same bytes, same run.",
     "conns_10k_vs_10_goodput": "Bulk goodput of one connection over a MemLink while 10,000 idle established "
     "connections exist on the same two stacks, divided by the same with 10.",
-    "rss_per_idle_conn_kib": "Growth of resident memory while 10,000 connections are opened (each echoes 64 bytes, "
-    "then idles), divided by their number; each connection counts both ends.",
+    "rss_per_idle_conn_kib": "Growth of resident memory while 10,000 connections with the default 256 KiB "
+    "buffers are opened, each echoes 16 KiB and then idles until its buffer pages go back to the kernel, divided "
+    "by their number; each connection counts both ends.",
     "connect_rate_vs_kernel": "Connections opened and closed per second, one at a time, between two stacks over "
     "a MemLink, divided by the same with std::net over 127.0.0.1.",
     "tls_cells_vs_kernel_tls": "514-byte cells per second over one TLS 1.3 cell stream (rustls) over plebnet TCP "
