@@ -356,6 +356,7 @@ impl<N: Nic> StackDevice<N> {
         for tuple in gone {
             self.snd.remove(&tuple);
             self.guard.rcv_high.remove(&tuple);
+            self.assist.get_mut().forget(&tuple);
         }
     }
 

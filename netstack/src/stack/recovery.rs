@@ -196,6 +196,16 @@ impl RecoveryAssist {
         self.pending_tx.shrink_sparse();
     }
 
+    /// Forgets the flow of a connection whose socket is gone. Most flows
+    /// end by themselves (both FINs acknowledged, or an RST), but a
+    /// connection can also go without either on the wire: aborted in
+    /// TIME-WAIT for its port, a half-open one evicted, an orphan whose
+    /// last ACK never came. Without this their flows stayed until the table
+    /// hit `MAX_FLOWS` and was cleared.
+    pub(crate) fn forget(&mut self, tuple: &FourTuple) {
+        self.flows.remove(tuple);
+    }
+
     /// An assist that is active only if `enabled` and counts into `counters`.
     pub(crate) fn new(enabled: bool, counters: Arc<StackCounters>) -> Self {
         Self { enabled, flows: HashMap::new(), counters, pending_tx: Vec::new(), earliest: None }
