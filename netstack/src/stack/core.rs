@@ -57,6 +57,8 @@ pub(crate) struct Core {
     pub(crate) orphans: Orphans,
     /// The shards the driver polled in its latest round.
     pub(crate) polled: Vec<usize>,
+    /// When the tables are next asked to give back spare capacity.
+    next_tidy: Instant,
     /// Which TCP socket has which 4-tuple, for the FIN keeper's review.
     index: TcpIndex,
     pub(crate) config: StackConfig,
@@ -85,6 +87,7 @@ impl Core {
             next_listener: 1,
             orphans: Orphans::default(),
             polled: Vec::new(),
+            next_tidy: Instant::ZERO,
             index: TcpIndex::default(),
             config,
             conns,
@@ -333,6 +336,17 @@ impl Core {
             self.counters.time_wait_reused.inc();
         }
         self.ports.alloc_tcp_conn().map_err(|_| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, exhausted))
+    }
+
+    /// True once a second (by the driver's clock): tables shrink on that
+    /// cadence, not on every iteration (a burst's tables are garbage either
+    /// way until they do, and each check costs a lock of the limits table).
+    pub(crate) fn tidy_due(&mut self) -> bool {
+        if self.now < self.next_tidy {
+            return false;
+        }
+        self.next_tidy = self.now + TIDY_INTERVAL;
+        true
     }
 
     /// Gives back the spare capacity of the per-connection tables after a
@@ -706,6 +720,9 @@ fn sort_pool(
         }
     }
 }
+
+/// How often the per-connection tables are asked to shrink.
+const TIDY_INTERVAL: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(1);
 
 /// How long an outgoing connection must have been in TIME-WAIT (at least:
 /// the age counts from its close) before its port may be reused.

@@ -43,8 +43,10 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             core.settle_held(&mut device, now);
             core.reap_orphans(&mut device.guard);
             core.release_idle_buffers(&device.guard.rcv_high);
-            core.tidy();
-            device.tidy();
+            if core.tidy_due() {
+                core.tidy();
+                device.tidy();
+            }
             core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();
             [core.sockets.poll_at(now), device.poll_at(), core.orphans.next_review()].into_iter().flatten().min()
