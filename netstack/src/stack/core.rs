@@ -278,12 +278,7 @@ impl Core {
             // Read first: touching a socket mutably makes its shard due.
             let state = sockets.get::<tcp::Socket>(orphan.handle).state();
             if state == tcp::State::Closed {
-                index.forget(orphan.handle);
-                conns.lock().remove(orphan.handle);
-                sockets.remove(orphan.handle);
-                if let Some(port) = orphan.port {
-                    ports.release_tcp_conn(port);
-                }
+                remove_orphan_socket(orphan, sockets, index, &mut conns.lock(), ports);
                 if let Some(tuple) = orphan.passive {
                     guard.live.remove(&tuple);
                 }
@@ -326,13 +321,8 @@ impl Core {
                 && now - o.since >= TIME_WAIT_REUSE_AGE
                 && sockets.get::<tcp::Socket>(o.handle).state() == tcp::State::TimeWait
         });
-        for orphan in reusable {
-            self.index.forget(orphan.handle);
-            self.conns.lock().remove(orphan.handle);
-            self.sockets.remove(orphan.handle);
-            if let Some(port) = orphan.port {
-                self.ports.release_tcp_conn(port);
-            }
+        for orphan in &reusable {
+            remove_orphan_socket(orphan, &mut self.sockets, &mut self.index, &mut self.conns.lock(), &mut self.ports);
             self.counters.time_wait_reused.inc();
         }
         self.ports.alloc_tcp_conn().map_err(|_| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, exhausted))
@@ -626,6 +616,24 @@ impl TcpIndex {
                 self.insert(tuple, h, None);
             }
         }
+    }
+}
+
+/// Removes an orphan's socket and everything that counts it: its index
+/// entry, its place in the connection limits, its ephemeral port. (A
+/// passive connection's SYN-guard entry is the driver's to drop.)
+fn remove_orphan_socket(
+    orphan: &Orphan,
+    sockets: &mut Sockets,
+    index: &mut TcpIndex,
+    conns: &mut ConnTable,
+    ports: &mut PortTable,
+) {
+    index.forget(orphan.handle);
+    conns.remove(orphan.handle);
+    sockets.remove(orphan.handle);
+    if let Some(port) = orphan.port {
+        ports.release_tcp_conn(port);
     }
 }
 
