@@ -28,6 +28,7 @@ use plebnet::netstack::stats::CounterSource;
 
 use super::config::DtlsConfig;
 use super::error::DtlsError;
+use super::repair::{LinkRepair, Repair};
 use super::session::{DtlsSession, SessionEvent};
 use crate::tls::Pin;
 
@@ -107,6 +108,19 @@ plebnet::netstack::counters! {
         tx_dropped_no_peer,
         /// Overlay packets to a peer whose session is not established.
         tx_dropped_not_established,
+        /// Loss repair: packets sent again because they were found lost.
+        tx_repair_retransmits,
+        /// Loss repair: packets given up after their last try (or pushed
+        /// out of the sender's memory); the overlay's TCP repairs them.
+        tx_repair_given_up,
+        /// Loss repair: acknowledgements sent.
+        tx_repair_acks,
+        /// Loss repair: acknowledgements received.
+        rx_repair_acks,
+        /// Loss repair: copies of packets already delivered, dropped.
+        rx_repair_duplicates,
+        /// Loss repair: malformed frames from an authenticated peer, dropped.
+        rx_dropped_bad_frame,
     }
 }
 
@@ -140,6 +154,8 @@ struct Slot {
     /// authenticates.
     renewing: Option<DtlsSession>,
     established: bool,
+    /// Loss repair of `session`.
+    repair: Repair,
 }
 
 /// The DTLS link core. See the module docs.
@@ -150,6 +166,7 @@ pub struct DtlsLink {
     limits: DtlsLinkLimits,
     peers: Vec<PeerEntry>,
     slots: HashMap<SocketAddr, Slot>,
+    repair: LinkRepair,
     counters: Arc<DtlsLinkCounters>,
 }
 
@@ -181,7 +198,22 @@ impl DtlsLink {
                 backoff: limits.min_redial,
             })
             .collect();
-        Ok(Self { config, engine, limits, peers, slots: HashMap::new(), counters: Arc::default() })
+        Ok(Self {
+            config,
+            engine,
+            limits,
+            peers,
+            slots: HashMap::new(),
+            repair: LinkRepair::default(),
+            counters: Arc::default(),
+        })
+    }
+
+    /// The same link with loss repair set to `repair` (on by default; see
+    /// [`LinkRepair`]).
+    pub fn with_repair(mut self, repair: LinkRepair) -> Self {
+        self.repair = repair;
+        self
     }
 
     /// The link's counters.
@@ -201,10 +233,13 @@ impl DtlsLink {
 
     /// The first moment [`handle_timeout`](Self::handle_timeout) is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self
-            .slots
-            .values()
-            .flat_map(|s| [s.session.poll_timeout(), s.renewing.as_ref().and_then(DtlsSession::poll_timeout)]);
+        let sessions = self.slots.values().flat_map(|s| {
+            [
+                s.session.poll_timeout(),
+                s.renewing.as_ref().and_then(DtlsSession::poll_timeout),
+                s.established.then(|| s.repair.poll_timeout()).flatten(),
+            ]
+        });
         sessions.chain(self.peers.iter().map(|p| p.redial_at)).flatten().min()
     }
 
@@ -236,6 +271,7 @@ impl DtlsLink {
             counters: &self.counters,
             delivered: 0,
             held: slot.peer.is_none().then(Vec::new),
+            repair: Some((&mut slot.repair, now)),
         };
         // A new handshake's plaintext records are the renewal's alone: the
         // old session would answer them with its last flight, which the new
@@ -258,12 +294,15 @@ impl DtlsLink {
         let peer = self.slots.get(&from).and_then(|s| s.peer);
         if let (Some(held), Some(peer)) = (held.filter(|h| !h.is_empty()), peer) {
             let prefixes = self.peers[peer].config.prefixes.clone();
+            let slot = self.slots.get_mut(&from).expect("the peer is bound here");
             let mut out = SlotIo::new(io, from, &self.counters);
             out.prefixes = Some(&prefixes);
+            out.repair = Some((&mut slot.repair, now));
             for packet in &held {
                 out.event(SessionEvent::Deliver(packet));
             }
         }
+        self.repair_output(now, from, io);
     }
 
     /// Sends one overlay packet to the peer that carries its destination,
@@ -283,7 +322,8 @@ impl DtlsLink {
         };
         let (to, slot) = slot;
         let mut out = SlotIo::new(io, to, &self.counters);
-        match slot.session.send(packet, &mut |e| out.event(e)) {
+        let record = if slot.repair.enabled() { slot.repair.frame(now, packet, &self.counters) } else { packet };
+        match slot.session.send(record, &mut |e| out.event(e)) {
             Ok(()) => {
                 self.counters.tx_packets.inc();
                 true
@@ -305,6 +345,7 @@ impl DtlsLink {
             .filter(|(_, s)| {
                 s.session.poll_timeout().is_some_and(|t| t <= now)
                     || s.renewing.as_ref().and_then(DtlsSession::poll_timeout).is_some_and(|t| t <= now)
+                    || (s.established && s.repair.poll_timeout().is_some_and(|t| t <= now))
             })
             .map(|(a, _)| *a)
             .collect();
@@ -316,6 +357,7 @@ impl DtlsLink {
                 renewing.handle_timeout(now, &mut |e| out.event(e));
             }
             self.settle(now, addr);
+            self.repair_output(now, addr, io);
         }
         for i in 0..self.peers.len() {
             if self.peers[i].redial_at.is_some_and(|t| t <= now) {
@@ -337,6 +379,32 @@ impl DtlsLink {
         }
     }
 
+    /// Sends what the loss repair of the session at `addr` has due: an
+    /// acknowledgement, packets found lost.
+    fn repair_output(&mut self, now: Instant, addr: SocketAddr, io: &mut dyn LinkIo) {
+        let Some(slot) = self.slots.get_mut(&addr).filter(|s| s.established) else { return };
+        let mut out = SlotIo::new(io, addr, &self.counters);
+        let session = &mut slot.session;
+        // A send fails only on a session that ended, which the next `settle`
+        // removes.
+        slot.repair.output(now, &self.counters, &mut |frame| drop(session.send(frame, &mut |e| out.event(e))));
+    }
+
+    /// Packets kept for repair, over every session.
+    #[cfg(test)]
+    pub(crate) fn repair_kept(&self) -> usize {
+        self.slots.values().map(|s| s.repair.kept()).sum()
+    }
+
+    /// Sends `record` as is to every established peer (tests craft frames).
+    #[cfg(test)]
+    pub(crate) fn send_record(&mut self, record: &[u8], io: &mut dyn LinkIo) {
+        for (addr, slot) in self.slots.iter_mut().filter(|(_, s)| s.established) {
+            let mut out = SlotIo::new(io, *addr, &self.counters);
+            slot.session.send(record, &mut |e| out.event(e)).unwrap();
+        }
+    }
+
     /// Starts a client session to initiated peer `i`.
     fn dial(&mut self, now: Instant, i: usize, io: &mut dyn LinkIo) {
         let peer = &mut self.peers[i];
@@ -345,10 +413,11 @@ impl DtlsLink {
         let session = DtlsSession::with_engine(self.engine.clone(), &self.config, vec![peer.config.pin], true, now);
         self.counters.handshakes_started.inc();
         log::debug!("dtls link: dialing {addr}");
-        if let Some(old) = self
-            .slots
-            .insert(addr, Slot { session, candidates: vec![i], peer: Some(i), renewing: None, established: false })
-            && old.established
+        let repair = Repair::new(self.repair.clone(), now);
+        if let Some(old) = self.slots.insert(
+            addr,
+            Slot { session, candidates: vec![i], peer: Some(i), renewing: None, established: false, repair },
+        ) && old.established
         {
             self.counters.sessions_ended.inc();
         }
@@ -376,7 +445,8 @@ impl DtlsLink {
         let pins = candidates.iter().map(|&i| self.peers[i].config.pin).collect();
         let session = DtlsSession::with_engine(self.engine.clone(), &self.config, pins, false, now);
         self.counters.handshakes_started.inc();
-        self.slots.insert(from, Slot { session, candidates, peer: None, renewing: None, established: false });
+        let repair = Repair::new(self.repair.clone(), now);
+        self.slots.insert(from, Slot { session, candidates, peer: None, renewing: None, established: false, repair });
         true
     }
 
@@ -387,6 +457,8 @@ impl DtlsLink {
         if let Some(renewing) = &slot.renewing {
             if renewing.is_established() {
                 slot.session = slot.renewing.take().expect("checked");
+                // The peer restarted: both directions count from zero again.
+                slot.repair = Repair::new(self.repair.clone(), now);
                 self.counters.handshakes_completed.inc();
                 self.counters.sessions_ended.inc();
                 log::debug!("dtls link: {addr} renewed its session");
@@ -453,12 +525,15 @@ struct SlotIo<'a> {
     delivered: usize,
     /// When set, deliveries wait here (the peer is not known yet).
     held: Option<Vec<Vec<u8>>>,
+    /// The session's loss repair, and the time: sequenced packets and
+    /// acknowledgements go through it.
+    repair: Option<(&'a mut Repair, Instant)>,
 }
 
 impl<'a> SlotIo<'a> {
     /// Output to `to` that delivers nothing.
     fn new(io: &'a mut dyn LinkIo, to: SocketAddr, counters: &'a DtlsLinkCounters) -> Self {
-        Self { io, to, prefixes: None, counters, delivered: 0, held: None }
+        Self { io, to, prefixes: None, counters, delivered: 0, held: None, repair: None }
     }
 
     fn event(&mut self, event: SessionEvent<'_>) {
@@ -475,6 +550,13 @@ impl<'a> SlotIo<'a> {
                     return;
                 }
                 let Some(prefixes) = self.prefixes else { return };
+                let packet = match &mut self.repair {
+                    Some((repair, now)) => match repair.receive(*now, packet, self.counters) {
+                        Some(packet) => packet,
+                        None => return,
+                    },
+                    None => packet,
+                };
                 let Some(src) = packet_address(packet, true) else {
                     self.counters.rx_dropped_not_ip.inc();
                     return;

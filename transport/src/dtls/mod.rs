@@ -7,6 +7,7 @@
 //!   DtlsNic ── driver: kernel UDP socket, stack clock ↔ wall clock
 //!        │
 //!   DtlsLink ── sans-IO: peer table, sessions by address, who may speak
+//!        │      loss repair: lost records repeated within a link round trip
 //!        │
 //!   DtlsSession ── sans-IO: one association; pins checked before delivery
 //!        │
@@ -27,6 +28,7 @@ mod config;
 mod error;
 mod link;
 mod nic;
+mod repair;
 mod session;
 mod socket;
 #[cfg(test)]
@@ -36,5 +38,6 @@ pub use config::{DtlsConfig, DtlsIdentity, DtlsVersion};
 pub use error::DtlsError;
 pub use link::{DtlsLink, DtlsLinkCounters, DtlsLinkLimits, DtlsPeer, LinkIo};
 pub use nic::{DtlsNic, DtlsNicConfig, DtlsNicCounters, DtlsRx, DtlsTx};
+pub use repair::{DEDUP_BITS, LinkRepair, MAX_KEPT};
 pub use session::{DtlsSession, SessionEvent, SessionState};
 pub use socket::DtlsSocket;

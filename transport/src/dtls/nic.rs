@@ -19,6 +19,7 @@ use plebnet::netstack::stats::CounterSource;
 use super::config::DtlsConfig;
 use super::error::DtlsError;
 use super::link::{DtlsLink, DtlsLinkCounters, DtlsLinkLimits, DtlsPeer, LinkIo};
+use super::repair::LinkRepair;
 
 /// Datagrams read per receive pass.
 const RX_BATCH: usize = 64;
@@ -29,7 +30,8 @@ const RX_BUFFER: usize = 65_535;
 #[derive(Debug, Clone)]
 pub struct DtlsNicConfig {
     /// Largest overlay IP packet, in bytes (the datagrams are larger by the
-    /// DTLS record overhead, 29 to 37 bytes with AES-GCM).
+    /// DTLS record overhead, 29 to 37 bytes with AES-GCM, and by 5 bytes of
+    /// loss-repair header when [`repair`](Self::repair) is on).
     pub mtu: usize,
     /// Decrypted packets that may wait for the stack; beyond, dropped and
     /// counted.
@@ -41,6 +43,8 @@ pub struct DtlsNicConfig {
     pub socket_buffer: usize,
     /// Handshake and redial limits.
     pub limits: DtlsLinkLimits,
+    /// Loss repair on the link (on by default).
+    pub repair: LinkRepair,
 }
 
 impl Default for DtlsNicConfig {
@@ -51,6 +55,7 @@ impl Default for DtlsNicConfig {
             tx_queue_packets: 4096,
             socket_buffer: 4 << 20,
             limits: DtlsLinkLimits::default(),
+            repair: LinkRepair::default(),
         }
     }
 }
@@ -181,7 +186,7 @@ impl DtlsNic {
         // Handshake flights fit a minimal path; data records share a
         // datagram only up to one overlay packet's size.
         config.datagram_mtu = config.datagram_mtu.min(nic.mtu);
-        let link = DtlsLink::new(config, peers, nic.limits, std::time::Instant::now())?;
+        let link = DtlsLink::new(config, peers, nic.limits, std::time::Instant::now())?.with_repair(nic.repair);
         Ok(Self {
             wire: Wire {
                 socket,
