@@ -29,7 +29,7 @@ use plebnet::netstack::nic::{ImpairConfig, ImpairProxy, UdpNic, UdpNicConfig, Ud
 use plebnet_transport::cell::Command;
 use plebnet_transport::channel::CellChannel;
 use plebnet_transport::circuits::{CircuitCarrier, CircuitEnd, ConnectionPerCircuit};
-use plebnet_transport::dtls::{DtlsConfig, DtlsIdentity, DtlsNic, DtlsNicConfig, DtlsPeer};
+use plebnet_transport::dtls::{DtlsConfig, DtlsIdentity, DtlsNic, DtlsNicConfig, DtlsPeer, LinkRepair};
 use plebnet_transport::tls::{Pin, TlsCellStream, client_config_pinned, self_signed, server_config};
 use serde_json::json;
 
@@ -85,8 +85,8 @@ fn udp_link(loss: f64, seed: u64) -> Result<Link, Box<dyn Error>> {
     Ok(Link { a, b, _proxy: proxy })
 }
 
-/// (b): DtlsNic stacks (the link encrypts).
-fn dtls_link(loss: f64, seed: u64) -> Result<Link, Box<dyn Error>> {
+/// (b): DtlsNic stacks (the link encrypts), with `repair` on both.
+fn dtls_link(loss: f64, seed: u64, repair: &LinkRepair) -> Result<Link, Box<dyn Error>> {
     let (sa, sb, proxy) = underlay(loss, seed)?;
     let (ia, ib) = (DtlsIdentity::self_signed("hol-a")?, DtlsIdentity::self_signed("hol-b")?);
     let peer = |pin, prefix: &str, endpoint, initiate| DtlsPeer {
@@ -99,13 +99,13 @@ fn dtls_link(loss: f64, seed: u64) -> Result<Link, Box<dyn Error>> {
         sa,
         DtlsConfig::new(ia.clone()),
         vec![peer(ib.pin(), "10.71.0.2/32", proxy.addr_for_a(), true)],
-        DtlsNicConfig::default(),
+        DtlsNicConfig { repair: repair.clone(), ..DtlsNicConfig::default() },
     )?;
     let nb = DtlsNic::from_socket(
         sb,
         DtlsConfig::new(ib),
         vec![peer(ia.pin(), "10.71.0.1/32", proxy.addr_for_b(), false)],
-        DtlsNicConfig::default(),
+        DtlsNicConfig { repair: repair.clone(), ..DtlsNicConfig::default() },
     )?;
     let (ca, cb) = (na.link_counters(), nb.link_counters());
     let a = Stack::new(StackConfig::with_address(A_NET).named("hol-a"), na)?;
@@ -293,10 +293,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// One model at one loss: (p50, p99, samples) in ms.
-fn measure(dtls: bool, loss: f64, seed: u64, duration: Duration) -> Result<(f64, f64, usize), Box<dyn Error>> {
-    let mut rtts = if dtls {
-        let link = dtls_link(loss, seed)?;
+/// One model at one loss: (p50, p99, samples) in ms. `dtls` is the DTLS
+/// link's loss repair, `None` for the TLS channel.
+fn measure(
+    dtls: Option<&LinkRepair>,
+    loss: f64,
+    seed: u64,
+    duration: Duration,
+) -> Result<(f64, f64, usize), Box<dyn Error>> {
+    let mut rtts = if let Some(repair) = dtls {
+        let link = dtls_link(loss, seed, repair)?;
         let server = ConnectionPerCircuit::listener(link.b.clone(), SocketAddr::from((B_IP, PORT)))?;
         let client = ConnectionPerCircuit::dialer(link.a.clone(), SocketAddr::from((B_IP, PORT)));
         run_circuits(Arc::new(client), Arc::new(server), duration)?
@@ -316,27 +322,41 @@ fn measure(dtls: bool, loss: f64, seed: u64, duration: Duration) -> Result<(f64,
 pub fn p99_dtls_vs_tls_2pct(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
     let duration = if effort.runs <= 3 { Duration::from_secs(4) } else { Duration::from_secs(10) };
     let mut rows = Vec::new();
-    let (mut tls_p99, mut dtls_p99) = (Vec::new(), Vec::new());
+    let (mut tls_p99, mut dtls_p99, mut bare_p99) = (Vec::new(), Vec::new(), Vec::new());
+    let repair = LinkRepair::default();
+    let no_copies = LinkRepair { duplicate_up_to: 0, ..LinkRepair::default() };
+    let bare = LinkRepair { enabled: false, ..LinkRepair::default() };
+    let mut without_copies_2pct = None;
     for (i, &loss) in LOSSES.iter().enumerate() {
         let seed = 0x4010 + i as u64 * 16;
-        let (a50, a99, an) = measure(false, loss, seed, duration)?;
-        let (b50, b99, bn) = measure(true, loss, seed, duration)?;
+        let (a50, a99, an) = measure(None, loss, seed, duration)?;
+        let (b50, b99, bn) = measure(Some(&repair), loss, seed, duration)?;
+        let (c50, c99, cn) = measure(Some(&bare), loss, seed, duration)?;
         eprintln!(
-            "  loss {:.0}%: one TLS channel p50 {a50:.1} ms p99 {a99:.1} ms ({an}); TCP-per-circuit over DTLS p50 {b50:.1} ms p99 {b99:.1} ms ({bn})",
+            "  loss {:.0}%: one TLS channel p50 {a50:.1} ms p99 {a99:.1} ms ({an}); TCP-per-circuit over DTLS p50 {b50:.1} ms p99 {b99:.1} ms ({bn}); the same without link repair p50 {c50:.1} ms p99 {c99:.1} ms ({cn})",
             loss * 100.0
         );
         tls_p99.push((loss * 100.0, a99));
         dtls_p99.push((loss * 100.0, b99));
+        bare_p99.push((loss * 100.0, c99));
         rows.push(json!({
             "loss": loss,
             "tls_channel": { "p50_ms": a50, "p99_ms": a99, "samples": an },
             "dtls_per_circuit": { "p50_ms": b50, "p99_ms": b99, "samples": bn },
+            "dtls_per_circuit_no_link_repair": { "p50_ms": c50, "p99_ms": c99, "samples": cn },
         }));
+        if loss == 0.02 {
+            let (d50, d99, dn) = measure(Some(&no_copies), loss, seed, duration)?;
+            eprintln!(
+                "  loss 2%: TCP-per-circuit over DTLS, link repair without small-packet copies: p50 {d50:.1} ms p99 {d99:.1} ms ({dn})"
+            );
+            without_copies_2pct = Some(json!({ "p50_ms": d50, "p99_ms": d99, "samples": dn }));
+        }
     }
     if let Some(dir) = effort.plot {
         std::fs::create_dir_all(dir)?;
         let mut canvas = super::plot::Canvas::new(800, 400);
-        canvas.chart(&[tls_p99.clone(), dtls_p99.clone()], &[]);
+        canvas.chart(&[tls_p99.clone(), dtls_p99.clone(), bare_p99], &[]);
         let path = dir.join("hol_p99.png");
         canvas.write_png(&path)?;
         eprintln!("wrote {}", path.display());
@@ -347,11 +367,13 @@ pub fn p99_dtls_vs_tls_2pct(effort: Effort) -> Result<Outcome, Box<dyn Error>> {
         ratio,
         json!({
             "by_loss": rows,
+            "dtls_link_repair_without_small_packet_copies_2pct": without_copies_2pct,
+            "dtls_link_repair": format!("{repair:?}"),
             "link": "loopback UDP through ImpairProxy: 10 ms each way, 20 Mbit/s, 128 KiB queue, loss each way",
             "bulk": "cells as fast as a 100-cell window allows (ack every 50)",
             "interactive": "a 509-byte-payload cell every 10 ms, echoed",
             "seconds_per_point": duration.as_secs(),
-            "plot": "hol_p99.png: p99 (ms) against loss (%); first series one TLS channel, second TCP-per-circuit over DTLS",
+            "plot": "hol_p99.png: p99 (ms) against loss (%); first series one TLS channel, second TCP-per-circuit over DTLS, third the same without the link's loss repair",
         }),
     ))
 }

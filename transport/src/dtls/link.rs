@@ -113,11 +113,14 @@ plebnet::netstack::counters! {
         /// Loss repair: packets given up after their last try (or pushed
         /// out of the sender's memory); the overlay's TCP repairs them.
         tx_repair_given_up,
+        /// Loss repair: small packets sent twice.
+        tx_repair_copies,
         /// Loss repair: acknowledgements sent.
         tx_repair_acks,
         /// Loss repair: acknowledgements received.
         rx_repair_acks,
-        /// Loss repair: copies of packets already delivered, dropped.
+        /// Loss repair: copies of packets already delivered, dropped (small
+        /// packets sent twice, repairs whose original was only late).
         rx_repair_duplicates,
         /// Loss repair: malformed frames from an authenticated peer, dropped.
         rx_dropped_bad_frame,
@@ -322,8 +325,14 @@ impl DtlsLink {
         };
         let (to, slot) = slot;
         let mut out = SlotIo::new(io, to, &self.counters);
+        let twice = slot.repair.duplicates(packet.len());
         let record = if slot.repair.enabled() { slot.repair.frame(now, packet, &self.counters) } else { packet };
-        match slot.session.send(record, &mut |e| out.event(e)) {
+        let mut sent = slot.session.send(record, &mut |e| out.event(e));
+        if twice && sent.is_ok() {
+            self.counters.tx_repair_copies.inc();
+            sent = slot.session.send(record, &mut |e| out.event(e));
+        }
+        match sent {
             Ok(()) => {
                 self.counters.tx_packets.inc();
                 true

@@ -12,6 +12,9 @@
 //! * **No head-of-line blocking.** A packet is delivered the moment it
 //!   arrives, in whatever order; only the lost one waits for its repair. One
 //!   circuit's loss still stalls nobody else (the point of TCP-over-DTLS).
+//! * **Small packets twice.** Packets up to
+//!   [`LinkRepair::duplicate_up_to`] bytes are sent twice at once: losing
+//!   both is rare, and a repair would cost them a round trip.
 //! * **Exactly once.** Each packet carries a link sequence number; the
 //!   receiver remembers the last [`DEDUP_BITS`] numbers and drops a copy of
 //!   one it delivered (a retransmission whose original was only late).
@@ -88,11 +91,23 @@ pub struct LinkRepair {
     /// Packets received after which an acknowledgement leaves at once.
     /// Default 16.
     pub ack_every: u32,
+    /// Packets up to this many bytes are sent twice (the receiver drops
+    /// the copy). Repair costs a round trip; a lone small packet (a
+    /// keystroke, an interactive cell, a TCP acknowledgement) is better
+    /// off not needing it. Default 640 bytes: one 514-byte cell in a TCP
+    /// segment over IPv6 with options. 0 turns it off.
+    pub duplicate_up_to: usize,
 }
 
 impl Default for LinkRepair {
     fn default() -> Self {
-        Self { enabled: true, max_retransmits: 12, ack_delay: Duration::from_millis(1), ack_every: 16 }
+        Self {
+            enabled: true,
+            max_retransmits: 12,
+            ack_delay: Duration::from_millis(1),
+            ack_every: 16,
+            duplicate_up_to: 640,
+        }
     }
 }
 
@@ -131,6 +146,11 @@ impl Repair {
     /// Whether outgoing packets are sequenced.
     pub(crate) fn enabled(&self) -> bool {
         self.config.enabled
+    }
+
+    /// Whether a packet of `len` bytes is sent twice.
+    pub(crate) fn duplicates(&self, len: usize) -> bool {
+        self.config.enabled && len <= self.config.duplicate_up_to
     }
 
     /// Frames `packet` as a sequenced packet sent at `now` and keeps it for

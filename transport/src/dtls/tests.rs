@@ -310,6 +310,20 @@ fn loss_repair_delivers_every_packet_exactly_once_at_30_percent_loss() {
 }
 
 #[test]
+fn small_packets_go_twice_and_arrive_once() {
+    let (mut net, ..) = pair(DtlsVersion::Auto, 33, CLEAN);
+    net.run(Duration::from_secs(2));
+    let limit = LinkRepair::default().duplicate_up_to;
+    let small = (0..500u32).filter(|id| 200 + *id as usize % 1100 <= limit).count() as u64;
+    // `exchange` checks each packet arrived exactly once.
+    assert_eq!(exchange(&mut net, 500), (500, 500));
+    let (a, b) = (net.counters(A), net.counters(B));
+    assert_eq!(a.tx_repair_copies.get(), small, "A's packets of {limit} bytes or less went twice");
+    assert_eq!(b.rx_repair_duplicates.get(), small, "B dropped every copy");
+    assert_eq!(a.tx_repair_retransmits.get(), 0, "a clean link needs no repair");
+}
+
+#[test]
 fn a_side_without_loss_repair_still_talks_to_one_with_it() {
     let off = LinkRepair { enabled: false, ..LinkRepair::default() };
     for repair in [[off.clone(), LinkRepair::default()], [LinkRepair::default(), off.clone()]] {
