@@ -68,6 +68,9 @@ pub(crate) struct Core {
     pub(crate) counters: Arc<StackCounters>,
     /// The time of the driver's latest poll.
     pub(crate) now: Instant,
+    /// After the driver's latest poll, the NIC held packets the network
+    /// did not take yet.
+    pub(crate) nic_backlog: bool,
     pub(crate) shutdown: bool,
 }
 
@@ -93,6 +96,7 @@ impl Core {
             conns,
             counters,
             now: Instant::ZERO,
+            nic_backlog: false,
             shutdown: false,
         }
     }

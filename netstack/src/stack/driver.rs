@@ -49,6 +49,7 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             }
             core.review_fin_keeper(device.fin_keeper());
             device.nic.flush();
+            core.nic_backlog = device.nic.wants_writable();
             [core.sockets.poll_at(now), device.poll_at(), core.orphans.next_review()].into_iter().flatten().min()
         };
         if device.has_loopback() || shared.waker.is_pending() {

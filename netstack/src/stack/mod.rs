@@ -267,6 +267,17 @@ impl Stack {
             .collect()
     }
 
+    /// True while the stack holds datagrams the network has not taken: a
+    /// UDP socket's queued datagrams, or packets the NIC keeps because the
+    /// kernel would not take them yet. (TCP's unsent bytes are in
+    /// [`tcp_socket_info`](Self::tcp_socket_info).) A process that must not
+    /// exit with datagrams it sent still inside waits for this to be false.
+    pub fn has_unsent_datagrams(&self) -> bool {
+        let core = self.shared().lock();
+        core.nic_backlog
+            || core.sockets.iter().any(|(_, s)| matches!(s, smoltcp::socket::Socket::Udp(u) if u.send_queue() > 0))
+    }
+
     /// One line per TCP socket: endpoints, state and queue lengths; for
     /// diagnosing stalls.
     pub fn describe_tcp_sockets(&self) -> Vec<String> {

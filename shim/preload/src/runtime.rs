@@ -278,7 +278,8 @@ const EXIT_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// At `exit`: the stack lives in this process, so what the program wrote
 /// but plebnet has not delivered yet (and the FINs) would die with it.
 /// Close the program's sending sides, then wait (bounded) until the pumps
-/// are done and every connection has its data and FIN acknowledged.
+/// are done, every datagram left for the network, and every connection has
+/// its data and FIN acknowledged.
 extern "C" fn at_exit() {
     if FORKED.load(Ordering::Relaxed) {
         return;
@@ -292,10 +293,13 @@ extern "C" fn at_exit() {
         pause();
     }
     for i in &node.interfaces {
+        // UDP's sendto returned once plebnet queued the datagram; the
+        // kernel's returns once the network has it. Same promise here.
         while std::time::Instant::now() < deadline
-            && i.stack.tcp_socket_info().iter().any(|s| {
-                s.send_queue > 0 || matches!(s.state.as_str(), "FIN-WAIT-1" | "CLOSING" | "LAST-ACK" | "SYN-SENT")
-            })
+            && (i.stack.has_unsent_datagrams()
+                || i.stack.tcp_socket_info().iter().any(|s| {
+                    s.send_queue > 0 || matches!(s.state.as_str(), "FIN-WAIT-1" | "CLOSING" | "LAST-ACK" | "SYN-SENT")
+                }))
         {
             pause();
         }
