@@ -243,7 +243,15 @@ pub struct TcpConfig {
     /// limit).
     #[serde(default)]
     pub max_connections_per_peer: Option<Spanned<usize>>,
+    /// Milliseconds a connection stays idle before its buffers' memory goes
+    /// back to the kernel (default 1000; see
+    /// `StackConfig::tcp_buffer_idle_release`).
+    #[serde(default)]
+    pub buffer_idle_release_ms: Option<Spanned<u64>>,
 }
+
+/// Longest `tcp.buffer_idle_release_ms` accepted: an hour.
+pub const MAX_BUFFER_IDLE_RELEASE_MS: u64 = 3_600_000;
 
 fn default_tcp_buffer() -> usize {
     256 * 1024
@@ -264,6 +272,7 @@ impl Default for TcpConfig {
             recovery_assist: true,
             max_connections: None,
             max_connections_per_peer: None,
+            buffer_idle_release_ms: None,
         }
     }
 }
@@ -413,6 +422,15 @@ impl NodeConfig {
                     "a limit of 0 would refuse every connection; leave it out for no limit",
                 ));
             }
+        }
+        if let Some(ms) = &self.tcp.buffer_idle_release_ms
+            && !(1..=MAX_BUFFER_IDLE_RELEASE_MS).contains(ms.get_ref())
+        {
+            return Err(c.error(
+                Some(ms.span()),
+                "tcp.buffer_idle_release_ms",
+                format!("{} ms is outside 1 to {MAX_BUFFER_IDLE_RELEASE_MS} (an hour)", ms.get_ref()),
+            ));
         }
         let mut all_prefixes: Vec<(String, Cidr, Range<usize>)> = Vec::new();
         for (i, iface) in self.interfaces.iter().enumerate() {
@@ -671,6 +689,8 @@ socket = "/tmp/a.sock"
             ("connect = \"10.77.0.2:80\"", "connect = \"192.168.1.1:80\"", "no interface or route reaches"),
             ("listen = \"127.0.0.1:4001\"", "listen = \"127.0.0.1:4001\"\nmtu = 100", "outside 1280"),
             ("name = \"a\"", "name = \"a\"\n[tcp]\nmax_connections = 0", "a limit of 0"),
+            ("name = \"a\"", "name = \"a\"\n[tcp]\nbuffer_idle_release_ms = 0", "0 ms is outside 1 to 3600000"),
+            ("name = \"a\"", "name = \"a\"\n[tcp]\nbuffer_idle_release_ms = \"1s\"", "invalid type"),
             (
                 "name = \"a\"",
                 "name = \"a\"\n[tcp]\nmax_connections_per_peer = -1",

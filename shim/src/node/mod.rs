@@ -332,6 +332,13 @@ fn stack_config(config: &NodeConfig, i: usize, iface: &InterfaceConfig) -> Stack
         tcp_recovery_assist: config.tcp.recovery_assist,
         max_connections: config.tcp.max_connections.as_ref().map(|m| *m.get_ref()),
         max_connections_per_peer: config.tcp.max_connections_per_peer.as_ref().map(|m| *m.get_ref()),
+        tcp_buffer_idle_release: config
+            .tcp
+            .buffer_idle_release_ms
+            .as_ref()
+            .map_or(StackConfig::default().tcp_buffer_idle_release, |ms| {
+                std::time::Duration::from_millis(*ms.get_ref())
+            }),
         seed: config.seed.map(|s| s.wrapping_add(i as u64)),
         // UDP has no flow control: a node's UDP sockets (and the programs a
         // preloaded process runs, such as nc) take bursts as large as the
@@ -441,6 +448,7 @@ name = "n"
 [tcp]
 max_connections = 5000
 max_connections_per_peer = 50
+buffer_idle_release_ms = 250
 
 [[interface]]
 kind = "udp"
@@ -450,8 +458,12 @@ listen = "127.0.0.1:0"
         let config = NodeConfig::parse(Path::new("n.toml"), text).unwrap();
         let stack = stack_config(&config, 0, &config.interfaces[0]);
         assert_eq!((stack.max_connections, stack.max_connections_per_peer), (Some(5000), Some(50)));
+        assert_eq!(stack.tcp_buffer_idle_release, std::time::Duration::from_millis(250));
         let unlimited = NodeConfig::parse(Path::new("n.toml"), &text.replace("max_connections", "#")).unwrap();
         let stack = stack_config(&unlimited, 0, &unlimited.interfaces[0]);
         assert_eq!((stack.max_connections, stack.max_connections_per_peer), (None, None));
+        let default = NodeConfig::parse(Path::new("n.toml"), &text.replace("buffer_idle_release_ms", "#")).unwrap();
+        let stack = stack_config(&default, 0, &default.interfaces[0]);
+        assert_eq!(stack.tcp_buffer_idle_release, StackConfig::default().tcp_buffer_idle_release);
     }
 }
