@@ -24,7 +24,7 @@
 
 #![allow(unsafe_code)]
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::io;
 
 use smoltcp::socket::tcp;
@@ -32,6 +32,7 @@ use smoltcp::time::{Duration, Instant};
 
 use super::config::TcpBuffers;
 use super::shards::Handle;
+use super::tables::{FastMap, FastSet};
 use super::tidy::Shrink;
 use crate::sys::mapping::{Mapping, PAGE};
 
@@ -131,7 +132,7 @@ impl Class {
 /// The TCP buffers of one stack, by size.
 #[derive(Debug, Default)]
 pub(crate) struct BufferPool {
-    classes: HashMap<TcpBuffers, Class>,
+    classes: FastMap<TcpBuffers, Class>,
 }
 
 impl BufferPool {
@@ -206,9 +207,9 @@ impl BufferPool {
 #[derive(Debug, Default)]
 pub(crate) struct IdleWatch {
     /// Touched by the application since the last sweep.
-    touched: HashSet<Handle>,
+    touched: FastSet<Handle>,
     /// Touched before the last sweep and not released since.
-    holding: HashSet<Handle>,
+    holding: FastSet<Handle>,
     next_sweep: Option<Instant>,
 }
 

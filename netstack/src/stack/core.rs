@@ -4,7 +4,7 @@
 //! Application threads lock it briefly to move bytes in or out of a socket
 //! buffer; the driver locks it to poll smoltcp. Nobody blocks while holding it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use super::limits::{ConnTable, LimitHit, SharedConns};
 use super::orphans::{Fate, Orphan, Orphans};
 use super::ports::PortTable;
 use super::shards::{Handle, Sockets};
+use super::tables::{FastMap, FastSet};
 use super::tidy::Shrink;
 use crate::nic::Nic;
 use crate::stats::StackCounters;
@@ -41,7 +42,7 @@ pub(crate) struct ListenerState {
     pub(crate) pending: VecDeque<(Handle, FourTuple)>,
     /// When each pending socket left LISTEN (entries of sockets no longer
     /// pending are pruned when the listener evicts).
-    pub(crate) pending_since: std::collections::HashMap<Handle, Instant>,
+    pub(crate) pending_since: FastMap<Handle, Instant>,
     pub(crate) accept_event: Arc<Event>,
     /// Accept-ready connections at the last notification.
     notified_ready: usize,
@@ -52,7 +53,7 @@ pub(crate) struct Core {
     pub(crate) iface: Interface,
     pub(crate) sockets: Sockets,
     pub(crate) ports: PortTable,
-    pub(crate) listeners: HashMap<u64, ListenerState>,
+    pub(crate) listeners: FastMap<u64, ListenerState>,
     next_listener: u64,
     pub(crate) orphans: Orphans,
     /// The shards the driver polled in its latest round.
@@ -86,7 +87,7 @@ impl Core {
             iface,
             sockets: Sockets::default(),
             ports: PortTable::new(seed),
-            listeners: HashMap::new(),
+            listeners: FastMap::default(),
             next_listener: 1,
             orphans: Orphans::default(),
             polled: Vec::new(),
@@ -188,7 +189,7 @@ impl Core {
             buffers,
             pool: Vec::new(),
             pending: VecDeque::new(),
-            pending_since: std::collections::HashMap::new(),
+            pending_since: FastMap::default(),
             accept_event: accept_event.clone(),
             notified_ready: 0,
         };
@@ -389,7 +390,7 @@ impl Core {
     /// receive buffer is settled, with no out-of-order data in it, once
     /// RCV.NXT has reached that mark. A connection whose RCV.NXT is not
     /// known yet is not released.
-    pub(crate) fn release_idle_buffers(&mut self, rcv_high: &HashMap<FourTuple, TcpSeqNumber>) {
+    pub(crate) fn release_idle_buffers(&mut self, rcv_high: &FastMap<FourTuple, TcpSeqNumber>) {
         let Self { sockets, index, config, now, counters, .. } = self;
         let released = sockets.release_idle(*now, to_smol(config.tcp_buffer_idle_release), |h, socket| {
             let Some(tuple) = index.by_handle.get(&h).map(|e| e.tuple) else { return false };
@@ -417,7 +418,7 @@ impl Core {
     /// it; a SYN on a synchronized connection is challenged. Segments for
     /// no connection, or one not synchronized yet, go to smoltcp.
     fn verdict(&self, meta: &TcpMeta) -> Verdict {
-        let Lookup::Found(h) = self.index.find(&self.sockets, &HashSet::new(), &meta.tuple) else {
+        let Lookup::Found(h) = self.index.find(&self.sockets, &FastSet::default(), &meta.tuple) else {
             return Verdict::Deliver;
         };
         let socket = self.sockets.get::<tcp::Socket>(h);
@@ -502,11 +503,11 @@ impl Core {
 /// application has read (see [`rcv_nxt`](Self::rcv_nxt)).
 #[derive(Debug, Default)]
 struct TcpIndex {
-    by_tuple: HashMap<FourTuple, Handle>,
-    by_handle: HashMap<Handle, Indexed>,
+    by_tuple: FastMap<FourTuple, Handle>,
+    by_handle: FastMap<Handle, Indexed>,
     /// Tuples whose socket was removed since the last review: known to be
     /// over, so looking them up needs no scan.
-    departed: HashSet<FourTuple>,
+    departed: FastSet<FourTuple>,
     /// Tuples whose socket was removed since the last poll, for the device
     /// to forget their send state.
     gone: Vec<FourTuple>,
@@ -600,7 +601,7 @@ impl TcpIndex {
     /// The socket whose endpoints are `tuple` now. The entry is checked: a
     /// socket loses its endpoints when it closes, and a listening socket can
     /// take another connection without being removed.
-    fn find(&self, sockets: &Sockets, departed: &HashSet<FourTuple>, tuple: &FourTuple) -> Lookup {
+    fn find(&self, sockets: &Sockets, departed: &FastSet<FourTuple>, tuple: &FourTuple) -> Lookup {
         let Some(&h) = self.by_tuple.get(tuple) else {
             return if departed.contains(tuple) { Lookup::Over } else { Lookup::Unknown };
         };

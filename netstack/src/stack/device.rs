@@ -18,7 +18,7 @@
 //! FIN keeper ([`super::fin_keeper`], always on).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, RxToken, TxToken};
@@ -31,6 +31,7 @@ use super::limits::{LimitHit, SharedConns};
 use super::link::{ETHERNET_HEADER, Link, Payload};
 use super::recovery::{COPIES, Ingress, RecoveryAssist};
 use super::segment::{self, Bare};
+use super::tables::{FastMap, FastSet};
 use super::tidy::Shrink;
 use crate::nic::Nic;
 use crate::stats::StackCounters;
@@ -67,14 +68,14 @@ pub(crate) enum Verdict {
 #[derive(Debug, Default)]
 pub(crate) struct SynGuard {
     /// 4-tuples of passive connections that are alive.
-    pub(crate) live: HashSet<FourTuple>,
+    pub(crate) live: FastSet<FourTuple>,
     /// Listening sockets free per local port, refreshed after every poll:
     /// the shard of each.
-    pub(crate) available: HashMap<u16, Vec<usize>>,
+    pub(crate) available: FastMap<u16, Vec<usize>>,
     /// SYNs admitted since the last refresh, with their sequence numbers
     /// (the peer's initial sequence number, IRS) and the shard of the
     /// listening socket that takes them.
-    pub(crate) batch: HashMap<FourTuple, (TcpSeqNumber, usize)>,
+    pub(crate) batch: FastMap<FourTuple, (TcpSeqNumber, usize)>,
     /// RSTs and unadmitted SYNs of this poll, judged after it.
     pub(crate) held: Vec<Held>,
     /// SYN|ACKs of this poll: the IRS of active opens.
@@ -82,7 +83,7 @@ pub(crate) struct SynGuard {
     /// Local ports whose listener refused SYNs for a full backlog since the
     /// last refresh: they make room by dropping their oldest half-open
     /// connections.
-    pub(crate) pressed: HashSet<u16>,
+    pub(crate) pressed: FastSet<u16>,
     /// The stack's connection limits (shared with the core).
     pub(crate) conns: SharedConns,
     /// Per connection: the sequence number just past the furthest data
@@ -90,7 +91,7 @@ pub(crate) struct SynGuard {
     /// beyond the queued bytes, where `recv_queue` does not count it: only
     /// once RCV.NXT has reached this mark does the buffer hold nothing
     /// unread (see `Core::release_idle_buffers`).
-    pub(crate) rcv_high: HashMap<FourTuple, TcpSeqNumber>,
+    pub(crate) rcv_high: FastMap<FourTuple, TcpSeqNumber>,
 }
 
 impl SynGuard {
@@ -241,12 +242,12 @@ pub(crate) struct StackDevice<N: Nic> {
     link: Link,
     /// Ethernet: the header of the last frame sent to each IP destination,
     /// for packets the device makes itself (FIN resends).
-    eth_headers: HashMap<IpAddress, [u8; ETHERNET_HEADER]>,
+    eth_headers: FastMap<IpAddress, [u8; ETHERNET_HEADER]>,
     /// Held segments the driver let through, delivered next.
     approved: VecDeque<Vec<u8>>,
     /// Per connection (local, remote): the highest sequence number sent
     /// (SND.NXT) and the last window advertised, for challenge ACKs.
-    snd: HashMap<FourTuple, (TcpSeqNumber, u16)>,
+    snd: FastMap<FourTuple, (TcpSeqNumber, u16)>,
     challenge_acks: TokenBucket,
     /// The last poll stopped taking packets because the holding area was
     /// full: poll again once it is settled.
@@ -280,9 +281,9 @@ impl<N: Nic> StackDevice<N> {
             local,
             counters,
             link,
-            eth_headers: HashMap::new(),
+            eth_headers: FastMap::default(),
             approved: VecDeque::new(),
-            snd: HashMap::new(),
+            snd: FastMap::default(),
             challenge_acks: TokenBucket::new(challenge_ack_limit),
             throttled: false,
             staged: None,
@@ -579,8 +580,8 @@ pub(crate) struct StackTx<'a, T> {
     keeper: &'a RefCell<FinKeeper>,
     counters: &'a StackCounters,
     link: Link,
-    eth_headers: &'a mut HashMap<IpAddress, [u8; ETHERNET_HEADER]>,
-    snd: &'a mut HashMap<FourTuple, (TcpSeqNumber, u16)>,
+    eth_headers: &'a mut FastMap<IpAddress, [u8; ETHERNET_HEADER]>,
+    snd: &'a mut FastMap<FourTuple, (TcpSeqNumber, u16)>,
     now: Instant,
 }
 

@@ -43,13 +43,12 @@
 //! It has no probe limit: the connection's user timeout and the orphan
 //! linger already bound how long a closing connection lives.
 
-use std::collections::HashMap;
-
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{TcpControl, TcpSeqNumber};
 
 use super::ingress::FourTuple;
 use super::segment::{self, Bare};
+use super::tables::FastMap;
 use super::tidy::Shrink;
 
 /// Shortest wait before resending: longer than a delayed ACK, short enough
@@ -101,7 +100,7 @@ impl Entry {
 /// local port, remote addr, remote port)`.
 #[derive(Debug, Default)]
 pub(crate) struct FinKeeper {
-    entries: HashMap<FourTuple, Entry>,
+    entries: FastMap<FourTuple, Entry>,
 }
 
 impl FinKeeper {

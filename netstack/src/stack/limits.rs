@@ -11,9 +11,9 @@
 //! has sorted the listeners' pools after the poll; the connection then
 //! becomes a member, and the batch's reservations are cleared.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::tables::FastMap;
 use super::tidy::Shrink;
 use crate::stack::shards::Handle;
 use smoltcp::wire::IpAddress;
@@ -33,11 +33,11 @@ pub(crate) struct ConnTable {
     max_total: Option<usize>,
     max_per_peer: Option<usize>,
     /// Every socket that holds a connection, with its remote address.
-    members: HashMap<Handle, IpAddress>,
-    per_peer: HashMap<IpAddress, usize>,
+    members: FastMap<Handle, IpAddress>,
+    per_peer: FastMap<IpAddress, usize>,
     /// SYNs admitted in the current poll, not yet members.
     reserved: usize,
-    reserved_per_peer: HashMap<IpAddress, usize>,
+    reserved_per_peer: FastMap<IpAddress, usize>,
 }
 
 impl ConnTable {

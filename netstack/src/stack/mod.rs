@@ -34,6 +34,7 @@ mod ports;
 mod recovery;
 mod segment;
 pub(crate) mod shards;
+mod tables;
 mod tidy;
 
 pub use config::{Cidr, CidrParseError, Route, StackConfig, TcpBuffers};

@@ -1,10 +1,9 @@
 //! Port bookkeeping: explicit binds, conflicts, and ephemeral allocation
 //! (smoltcp has none).
 
-use std::collections::HashMap;
-
 use smoltcp::wire::IpAddress;
 
+use super::tables::FastMap;
 use super::tidy::Shrink;
 use crate::rng::Rng;
 
@@ -32,10 +31,10 @@ fn overlaps(a: BoundAddr, b: BoundAddr) -> bool {
 /// Which ports are taken, per protocol.
 #[derive(Debug)]
 pub(crate) struct PortTable {
-    tcp_listeners: HashMap<u16, Vec<BoundAddr>>,
+    tcp_listeners: FastMap<u16, Vec<BoundAddr>>,
     /// Ephemeral ports of outgoing TCP connections (count per port).
-    tcp_conns: HashMap<u16, u32>,
-    udp: HashMap<u16, Vec<BoundAddr>>,
+    tcp_conns: FastMap<u16, u32>,
+    udp: FastMap<u16, Vec<BoundAddr>>,
     rng: Rng,
 }
 
@@ -46,7 +45,12 @@ impl PortTable {
     }
 
     pub(crate) fn new(seed: u64) -> Self {
-        Self { tcp_listeners: HashMap::new(), tcp_conns: HashMap::new(), udp: HashMap::new(), rng: Rng::new(seed) }
+        Self {
+            tcp_listeners: FastMap::default(),
+            tcp_conns: FastMap::default(),
+            udp: FastMap::default(),
+            rng: Rng::new(seed),
+        }
     }
 
     /// Binds a TCP listener; `port` 0 picks an ephemeral port.
@@ -110,7 +114,7 @@ impl PortTable {
     }
 }
 
-fn release(map: &mut HashMap<u16, Vec<BoundAddr>>, addr: BoundAddr, port: u16) {
+fn release(map: &mut FastMap<u16, Vec<BoundAddr>>, addr: BoundAddr, port: u16) {
     if let Some(bound) = map.get_mut(&port) {
         if let Some(i) = bound.iter().position(|b| *b == addr) {
             bound.swap_remove(i);

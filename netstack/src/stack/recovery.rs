@@ -20,7 +20,6 @@
 //! at all), and resending the FIN is the FIN keeper's job
 //! ([`super::fin_keeper`]), which runs whether the assist is on or not.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use smoltcp::time::{Duration, Instant};
@@ -28,6 +27,7 @@ use smoltcp::wire::{TcpControl, TcpSeqNumber};
 
 use super::ingress::FourTuple;
 use super::segment::{Bare, Segment, parse, rewrite};
+use super::tables::FastMap;
 use super::tidy::Shrink;
 use crate::stats::StackCounters;
 
@@ -178,7 +178,7 @@ impl Flow {
 pub(crate) struct RecoveryAssist {
     /// False: the assist watches nothing and changes nothing.
     enabled: bool,
-    flows: HashMap<FourTuple, Flow>,
+    flows: FastMap<FourTuple, Flow>,
     /// The stack's counters; the assist bumps its `recovery_*` ones.
     counters: Arc<StackCounters>,
     /// Extra copies of packets to send as soon as possible (window updates).
@@ -208,7 +208,7 @@ impl RecoveryAssist {
 
     /// An assist that is active only if `enabled` and counts into `counters`.
     pub(crate) fn new(enabled: bool, counters: Arc<StackCounters>) -> Self {
-        Self { enabled, flows: HashMap::new(), counters, pending_tx: Vec::new(), earliest: None }
+        Self { enabled, flows: FastMap::default(), counters, pending_tx: Vec::new(), earliest: None }
     }
 
     /// Notes a segment we are sending, and fixes the sequence number of pure

@@ -19,7 +19,7 @@
 
 #![allow(unsafe_code)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -28,6 +28,7 @@ use smoltcp::time::{Duration, Instant};
 
 use super::buffers::{BufferPool, IdleWatch, Lease};
 use super::config::TcpBuffers;
+use super::tables::FastMap;
 use super::tidy::Shrink;
 
 /// Most sockets one shard holds (shard 0 may hold more: non-TCP sockets
@@ -81,7 +82,7 @@ pub(crate) struct Sockets {
     /// Shards (other than 0) with room, lowest first.
     room: BTreeSet<u32>,
     /// Where each TCP socket's buffers live.
-    leases: HashMap<Handle, Lease>,
+    leases: FastMap<Handle, Lease>,
     idle: IdleWatch,
     /// The TCP buffers' memory. Sockets hold slices of it: every socket
     /// must be dropped before it (see `Drop`).
@@ -93,7 +94,7 @@ impl Default for Sockets {
         Self {
             shards: vec![Shard::new()],
             room: BTreeSet::new(),
-            leases: HashMap::new(),
+            leases: FastMap::default(),
             idle: IdleWatch::default(),
             buffers: BufferPool::default(),
         }
