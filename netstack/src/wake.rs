@@ -74,6 +74,10 @@ pub struct Event {
 struct EventState {
     seq: u64,
     tasks: Vec<Waker>,
+    /// Threads blocked in [`Event::wait`]. std's condvar makes a futex
+    /// system call on every notify, waiters or not; with nobody counted
+    /// here, a notify skips it.
+    sleepers: usize,
 }
 
 impl Event {
@@ -84,12 +88,18 @@ impl Event {
 
     /// Wakes every blocked thread and every registered task.
     pub fn notify(&self) {
-        let tasks = {
+        let (tasks, sleepers) = {
             let mut state = self.lock();
             state.seq = state.seq.wrapping_add(1);
-            std::mem::take(&mut state.tasks)
+            (std::mem::take(&mut state.tasks), state.sleepers)
         };
-        self.cond.notify_all();
+        // A thread counted here is asleep or about to sleep on the condvar
+        // (it counted itself under the lock, and the condvar releases the
+        // lock atomically), so this reaches it; one not counted yet will
+        // see the new sequence number before it sleeps.
+        if sleepers > 0 {
+            self.cond.notify_all();
+        }
         for task in tasks {
             task.wake();
         }
@@ -100,16 +110,22 @@ impl Event {
     pub fn wait(&self, seen: u64, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
         while state.seq == seen {
-            match deadline {
-                None => state = self.cond.wait(state).unwrap_or_else(|e| e.into_inner()),
+            let wait = match deadline {
+                None => None,
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return false;
                     }
-                    state = self.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                    Some(deadline - now)
                 }
-            }
+            };
+            state.sleepers += 1;
+            state = match wait {
+                None => self.cond.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(wait) => self.cond.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0,
+            };
+            state.sleepers -= 1;
         }
         true
     }
@@ -163,5 +179,40 @@ impl SocketSignal {
             rx,
             tx,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two threads hand a turn back and forth 100,000 times through two
+    /// events, each waiting only while its sequence number is unchanged: a
+    /// notification lost between a waiter's count and its sleep would stall
+    /// a turn until the generous deadline and fail.
+    #[test]
+    fn ping_pong_never_loses_a_notification() {
+        const TURNS: u32 = 100_000;
+        let (ping, pong) = (Arc::new(Event::default()), Arc::new(Event::default()));
+        let deadline = || Some(Instant::now() + std::time::Duration::from_secs(10));
+        let other = {
+            let (ping, pong) = (ping.clone(), pong.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                for _ in 0..TURNS {
+                    assert!(ping.wait(seen, deadline()), "a ping was lost");
+                    seen = ping.seq();
+                    pong.notify();
+                }
+            })
+        };
+        let mut seen = pong.seq();
+        for _ in 0..TURNS {
+            ping.notify();
+            assert!(pong.wait(seen, deadline()), "a pong was lost");
+            seen = pong.seq();
+        }
+        other.join().unwrap();
+        assert_eq!(ping.lock().sleepers + pong.lock().sleepers, 0);
     }
 }
