@@ -14,6 +14,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::Nic;
+use super::packet_buf::PacketBuf;
 use crate::stats::CounterSource;
 use crate::wake::DriverWaker;
 
@@ -67,8 +68,8 @@ const MAX_FREE_BUFFERS: usize = 128;
 
 #[derive(Debug, Default)]
 struct WireQueue {
-    packets: VecDeque<Vec<u8>>,
-    free: Vec<Vec<u8>>,
+    packets: VecDeque<PacketBuf>,
+    free: Vec<PacketBuf>,
 }
 
 /// Constructor of MemLink pairs.
@@ -94,9 +95,9 @@ pub struct MemNic {
     mtu: usize,
     queue_packets: usize,
     /// Packets taken from `rx` in one batch, not yet given to the stack.
-    inbox: VecDeque<Vec<u8>>,
+    inbox: VecDeque<PacketBuf>,
     /// Consumed buffers, returned to `rx`'s free list in batches.
-    spare: Vec<Vec<u8>>,
+    spare: Vec<PacketBuf>,
     counters: Arc<MemLinkCounters>,
 }
 
@@ -132,8 +133,8 @@ impl MemNic {
 
 /// A received packet; its buffer goes back to the free list when consumed.
 pub struct MemRx<'a> {
-    buf: Vec<u8>,
-    spare: &'a mut Vec<Vec<u8>>,
+    buf: PacketBuf,
+    spare: &'a mut Vec<PacketBuf>,
 }
 
 /// Permission to send one packet to the peer.
@@ -146,7 +147,7 @@ pub struct MemTx<'a> {
 
 impl phy::RxToken for MemRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.buf);
+        let r = f(self.buf.packet());
         self.spare.push(self.buf);
         r
     }
@@ -158,9 +159,7 @@ impl phy::TxToken for MemTx<'_> {
             let mut wire = self.wire.queue.lock().unwrap_or_else(|e| e.into_inner());
             wire.free.pop().unwrap_or_default()
         };
-        buf.clear();
-        buf.resize(len, 0);
-        let r = f(&mut buf);
+        let r = f(buf.prepare(len));
         if len > self.mtu {
             self.counters.dropped_too_big.inc();
             return r;

@@ -21,6 +21,7 @@ mod impair;
 mod impair_pipe;
 mod impair_proxy;
 mod memlink;
+mod packet_buf;
 mod tuntap;
 mod udp;
 mod udp_peers;

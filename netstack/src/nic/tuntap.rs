@@ -12,6 +12,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
+use super::packet_buf::PacketBuf;
 use super::{Nic, vnet};
 use crate::stats::CounterSource;
 use crate::sys;
@@ -125,7 +126,7 @@ pub struct TunTapNic {
     /// The kernel does checksum and segmentation offload.
     offload: bool,
     rx_buf: Vec<u8>,
-    tx_buf: Vec<u8>,
+    tx_buf: PacketBuf,
     counters: Arc<TunTapCounters>,
 }
 
@@ -162,7 +163,7 @@ impl TunTapNic {
             vnet: opened.vnet,
             offload: opened.offload,
             rx_buf: vec![0; buffer],
-            tx_buf: Vec::with_capacity(buffer),
+            tx_buf: PacketBuf::default(),
             counters: Arc::default(),
         })
     }
@@ -200,7 +201,7 @@ pub struct TunTapRx<'a> {
 /// Permission to write one packet to the device.
 pub struct TunTapTx<'a> {
     fd: RawFd,
-    buf: &'a mut Vec<u8>,
+    buf: &'a mut PacketBuf,
     counters: &'a TunTapCounters,
     /// Room for a virtio-net header in front of the packet (0 or 12).
     vnet: usize,
@@ -217,17 +218,16 @@ impl phy::RxToken for TunTapRx<'_> {
 
 impl phy::TxToken for TunTapTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.buf.clear();
-        self.buf.resize(self.vnet + len, 0);
-        let r = f(&mut self.buf[self.vnet..]);
+        let frame = self.buf.prepare(self.vnet + len);
+        let r = f(&mut frame[self.vnet..]);
         if self.gso_mtu > 0 {
-            let header = vnet::for_transmit(&self.buf[self.vnet..], self.link, self.gso_mtu);
+            let header = vnet::for_transmit(&frame[self.vnet..], self.link, self.gso_mtu);
             if header[1] != 0 {
                 self.counters.tx_gso_segments.inc();
             }
-            self.buf[..vnet::HEADER].copy_from_slice(&header);
+            frame[..vnet::HEADER].copy_from_slice(&header);
         }
-        match sys::tun::write_packet(self.fd, self.buf) {
+        match sys::tun::write_packet(self.fd, self.buf.packet()) {
             Ok(()) => {
                 self.counters.tx_packets.inc();
                 self.counters.tx_bytes.add(len as u64);

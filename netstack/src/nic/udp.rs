@@ -24,6 +24,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::Nic;
+use super::packet_buf::PacketBuf;
 use super::udp_peers::{PeerTable, PeerTableError, UdpDrop, UdpPeer, canonical, packet_destination};
 use crate::stats::CounterSource;
 use crate::sys::udp::{self as sys_udp, InMeta, OutGroup};
@@ -139,8 +140,8 @@ struct TxSide {
     fd: RawFd,
     /// The socket is IPv6 (dual-stack): IPv4 peers need mapped addresses.
     v6_socket: bool,
-    queue: VecDeque<(SocketAddr, Vec<u8>)>,
-    free: Vec<Vec<u8>>,
+    queue: VecDeque<(SocketAddr, PacketBuf)>,
+    free: Vec<PacketBuf>,
     limit: usize,
     batch: usize,
     gso: bool,
@@ -293,7 +294,7 @@ impl TxSide {
         self.blocked = false;
         while !self.queue.is_empty() {
             let (packets, groups) = self.plan();
-            let packet_refs: Vec<&[u8]> = packets.iter().map(|&i| self.queue[i].1.as_slice()).collect();
+            let packet_refs: Vec<&[u8]> = packets.iter().map(|&i| self.queue[i].1.packet()).collect();
             let result = sys_udp::send_batch(self.fd, &packet_refs, &groups);
             counters.tx_syscalls.inc();
             let (sent_groups, failed) = match result {
@@ -413,10 +414,8 @@ impl phy::RxToken for UdpRx<'_> {
 impl phy::TxToken for UdpTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = self.tx.free.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize(len, 0);
-        let r = f(&mut buf);
-        let dest = packet_destination(&buf).and_then(|dst| self.peers.route(dst));
+        let r = f(buf.prepare(len));
+        let dest = packet_destination(buf.packet()).and_then(|dst| self.peers.route(dst));
         if len > self.mtu {
             self.counters.tx_dropped_too_big.inc();
         } else if let Some(dest) = dest {
