@@ -122,7 +122,9 @@ DESCRIPTIONS = {
     "one link through plebnet's ImpairProxy (10 ms each way, 20 Mbit/s, 128 KiB queue, loss each way) carries a "
     "bulk circuit (as fast as a 100-cell window allows) and an interactive circuit (a cell every 10 ms, echoed). "
     "The value is p99 of the interactive round trips with each circuit on its own TCP connection inside one DTLS "
-    "link, divided by p99 with both circuits in one TLS channel, at 2% loss.",
+    "link, divided by p99 with both circuits in one TLS channel, at 2% loss. The DTLS link repairs lost records "
+    "itself (within a link round trip, delivered unordered) and sends packets of up to 640 bytes twice; the "
+    "rows also show the DTLS model without that repair, and at 2% with repair but without the copies.",
     "tap_tcp_vs_raw_smoltcp": "plebnet over a tap device against the kernel (std::net in a namespace the bench "
     "creates), divided by a raw smoltcp loop in the shape of smoltcp's examples/benchmark.rs over the same "
     "tap, reading and writing; the value is the geometric mean of the two directions' ratios. plebnet uses "
