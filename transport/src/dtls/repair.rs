@@ -217,6 +217,13 @@ impl Repair {
             self.receiver.write_ack(&mut self.ack);
             counters.tx_repair_acks.inc();
             send(&self.ack);
+            if self.ack[ACK_FIXED - 1] > 0 {
+                // It answers a repair: the sender stops repeating only once
+                // it hears, and after the last packet no later
+                // acknowledgement may come to list it again. Small: twice.
+                counters.tx_repair_acks.inc();
+                send(&self.ack);
+            }
         }
         self.sender.detect_lost(now, &mut self.lost);
         if self.lost.is_empty() && self.sender.deadline(&self.config).is_some_and(|t| t <= now) {
