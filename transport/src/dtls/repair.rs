@@ -31,10 +31,12 @@
 //!         = seq (highest - 1 - i) received | n (u8) | n late seqs (u32 BE)
 //! ```
 //!
-//! The late seqs are repairs (and copies) that arrived since the last
-//! acknowledgement too far below the highest for the map: without them a
-//! sender with many packets in flight would never hear that its repair got
-//! through, and would repeat it until it gave up.
+//! The late seqs are repairs (and copies) that arrived lately too far below
+//! the highest for the map: without them a sender with many packets in
+//! flight would never hear that its repair got through, and would repeat it
+//! until it gave up. Each is listed in the next [`LATE_REPEATS`]
+//! acknowledgements, and an acknowledgement that lists any is sent twice,
+//! since after the last packets no later one may come.
 //!
 //! Loss is detected as in RACK (RFC 8985): a packet is lost once one sent
 //! after it was acknowledged and a reordering window passed, or, when
