@@ -6,11 +6,12 @@
 //! pins (checked against openssl's) and refuses a key that is not the certificate's.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use plebnet_tests::Scratch;
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_plebnet");
@@ -89,24 +90,6 @@ fn free_port(udp: bool) -> u16 {
 fn sha256_file(path: &Path) -> String {
     let data = std::fs::read(path).unwrap();
     format!("{:x}", Sha256::digest(&data))
-}
-
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("plebnet-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// 20 MiB of seeded, incompressible-looking bytes.

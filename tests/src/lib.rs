@@ -247,3 +247,23 @@ pub fn read_exact_hash(mut r: impl Read, len: usize) -> std::io::Result<[u8; 32]
     }
     Ok(hasher.finalize().into())
 }
+
+/// A scratch directory, `plebnet-<tag>-<pid>` under the system's temporary
+/// directory, emptied when made and removed when dropped.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// Makes the directory (removing what an earlier run left there).
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("plebnet-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -7,37 +7,19 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 
 use plebnet::config::{ConfigError, NodeConfig, PeerPin};
 use plebnet::net::NetStack;
 use plebnet::node::{Node, NodeOptions};
 use plebnet_tests::cells::{join_bounded, spawn_bounded};
-use plebnet_tests::{drain_hash, send_pattern};
+use plebnet_tests::{Scratch, drain_hash, send_pattern};
 use plebnet_transport::multipath::NodeMultipath;
 use plebnet_transport::tls::{Pin, TlsCellStream, self_signed, server_config};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
-
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("plebnet-mp-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// PEM text of one DER block.
 fn pem(label: &str, der: &[u8]) -> String {
@@ -148,7 +130,7 @@ fn multipath_stats(node: &Node) -> Value {
 /// reverse to a kernel server; both directions arrive intact and both legs (both interfaces) carried data.
 #[test]
 fn mp_forward_carries_16_mib_each_way_over_both_legs() {
-    let scratch = Scratch::new("both");
+    let scratch = Scratch::new("mp-both");
     let pin = write_identity(&scratch.0);
     // The kernel server: takes the upload, hashing it, while it sends its own 16 MiB (seed 2).
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -222,7 +204,7 @@ fn capture_warnings() {
 #[test]
 fn mp_forward_falls_back_to_one_path_for_a_plain_tls_peer() {
     capture_warnings();
-    let scratch = Scratch::new("fallback");
+    let scratch = Scratch::new("mp-fallback");
     let (cert, key) = self_signed(&["plain"]).unwrap();
     let pin = PeerPin::from(Pin::spki_sha256(&cert).unwrap()).to_string();
     let tls = Arc::new(server_config(cert, key).unwrap());
@@ -261,7 +243,7 @@ fn mp_forward_falls_back_to_one_path_for_a_plain_tls_peer() {
 
 /// `text` as `node.toml` in a scratch directory (with B's certificate files beside it), loaded.
 fn load(tag: &str, text: &str) -> Result<NodeConfig, ConfigError> {
-    let scratch = Scratch::new(tag);
+    let scratch = Scratch::new(&format!("mp-{tag}"));
     write_identity(&scratch.0);
     let path = scratch.0.join("node.toml");
     std::fs::write(&path, text).unwrap();
@@ -386,7 +368,7 @@ fn multipath_config_mistakes_name_line_and_key() {
 /// A program that starts a node without plebnet-transport's multipath gets a clear error, not a panic.
 #[test]
 fn a_node_without_multipath_support_says_so() {
-    let scratch = Scratch::new("unsupported");
+    let scratch = Scratch::new("mp-unsupported");
     let pin = write_identity(&scratch.0);
     let path = scratch.0.join("a.toml");
     std::fs::write(&path, config_a(&Ports::new(), &pin)).unwrap();

@@ -231,12 +231,15 @@ impl Repair {
         if self.lost.is_empty() && self.sender.deadline(&self.config).is_some_and(|t| t <= now) {
             self.sender.probe(now, &self.config, &mut self.lost);
         }
-        for seq in std::mem::take(&mut self.lost) {
+        // Taken and put back, so the list keeps its capacity.
+        let mut lost = std::mem::take(&mut self.lost);
+        for seq in lost.drain(..) {
             if let Some(frame) = self.sender.resend(now, seq, &self.config, counters) {
                 counters.tx_repair_retransmits.inc();
                 send(frame);
             }
         }
+        self.lost = lost;
     }
 }
 

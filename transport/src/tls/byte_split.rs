@@ -77,21 +77,6 @@ impl<S: TcpStreamApi> TlsByteReader<S> {
         let progress = self.cipher.feed(conn, &self.shared, |shared| shared.flush_from_reader())?;
         Ok(if progress { Step::Progress } else { Step::NeedBytes })
     }
-
-    /// Reads the socket, holding no lock; at EOF tells rustls, so that it can tell a clean close from a cut.
-    /// Called only when rustls holds no plaintext (it refuses input while its plaintext buffer is full).
-    fn fill(&mut self) -> io::Result<()> {
-        let n = loop {
-            match self.stream.read(self.cipher.buf()) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        };
-        self.cipher.filled(n, &self.shared)?;
-        // The socket woke us: a good moment to retry output the socket refused earlier.
-        self.shared.flush_from_reader()
-    }
 }
 
 impl<S: TcpStreamApi> Read for TlsByteReader<S> {
@@ -103,7 +88,8 @@ impl<S: TcpStreamApi> Read for TlsByteReader<S> {
             match self.step(buf)? {
                 Step::Read(n) => return Ok(n),
                 Step::Progress => {}
-                Step::NeedBytes => self.fill()?,
+                // rustls holds no plaintext here (it refuses input while its plaintext buffer is full).
+                Step::NeedBytes => self.cipher.fill_from(&mut self.stream, &self.shared)?,
             }
         }
     }

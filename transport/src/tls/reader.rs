@@ -59,22 +59,8 @@ impl<S: TcpStreamApi> CellReader<S> {
             }
             match self.state.step(&self.shared, |shared| shared.flush_from_reader())? {
                 Step::Progress => {}
-                Step::NeedBytes => self.fill()?,
+                Step::NeedBytes => self.state.fill_from(&mut self.stream, &self.shared)?,
             }
         }
-    }
-
-    /// Reads the socket, holding no lock.
-    fn fill(&mut self) -> io::Result<()> {
-        let n = loop {
-            match self.stream.read(self.state.inbuf()) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        };
-        self.state.filled(n, &self.shared)?;
-        // The socket woke us: a good moment to retry output the socket refused earlier.
-        self.shared.flush_from_reader()
     }
 }

@@ -73,7 +73,28 @@ impl CipherIn {
         Ok(true)
     }
 
+    /// After [`feed`](Self::feed) returned `Ok(false)`: reads the socket (blocking, holding no lock) into the
+    /// buffer and records it, then retries TLS output the socket refused earlier, since the socket just woke
+    /// us. The blocking readers' (cells and bytes) one way to wait for ciphertext; the async reader polls
+    /// into `buf` instead.
+    pub(crate) fn fill_from<S: plebnet::net::TcpStreamApi>(
+        &mut self,
+        stream: &mut S,
+        shared: &Shared<S>,
+    ) -> io::Result<()> {
+        let n = loop {
+            match stream.read(&mut self.buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        self.filled(n, shared)?;
+        shared.flush_from_reader()
+    }
+
     /// The buffer to read socket bytes into when [`feed`](Self::feed) returned `Ok(false)`.
+    #[cfg(feature = "async")]
     pub(crate) fn buf(&mut self) -> &mut [u8] {
         &mut self.buf
     }
@@ -176,12 +197,23 @@ impl RecvState {
         Ok(if self.cipher.feed(conn, shared, flush)? { Step::Progress } else { Step::NeedBytes })
     }
 
+    /// After [`Step::NeedBytes`], blocking: see [`CipherIn::fill_from`].
+    pub(crate) fn fill_from<S: plebnet::net::TcpStreamApi>(
+        &mut self,
+        stream: &mut S,
+        shared: &Shared<S>,
+    ) -> io::Result<()> {
+        self.cipher.fill_from(stream, shared)
+    }
+
     /// The buffer to read socket bytes into after [`Step::NeedBytes`].
+    #[cfg(feature = "async")]
     pub(crate) fn inbuf(&mut self) -> &mut [u8] {
         self.cipher.buf()
     }
 
     /// Records that the socket read put `n` bytes into [`inbuf`](Self::inbuf) (see [`CipherIn::filled`]).
+    #[cfg(feature = "async")]
     pub(crate) fn filled<S: io::Write>(&mut self, n: usize, shared: &Shared<S>) -> io::Result<()> {
         self.cipher.filled(n, shared)
     }
