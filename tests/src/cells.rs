@@ -11,7 +11,7 @@ use std::time::Duration;
 use plebnet::net::{NetStack, TcpListenerApi, TcpStreamApi};
 use plebnet::netstack::rng::Rng;
 use plebnet_transport::cell::{Cell, Command, FIXED_PAYLOAD_LEN};
-use plebnet_transport::tls::{Pin, TlsCellStream, client_config_pinned, self_signed, server_config};
+use plebnet_transport::tls::{Pin, TlsByteStream, TlsCellStream, client_config_pinned, self_signed, server_config};
 use sha2::{Digest, Sha256};
 
 /// How long any one thread of a test may take before the test calls it a deadlock.
@@ -87,4 +87,20 @@ pub fn tls_pair<S: TcpStreamApi>(c: S, s: S, spki_pin: bool) -> (TlsCellStream<S
     let server = spawn_bounded("tls accept", move || TlsCellStream::accept(s, config));
     let client = TlsCellStream::connect(c, "relay.test", client_config_pinned(pin)).unwrap();
     (client, join_bounded("tls accept", &server).unwrap())
+}
+
+/// Echoes a TLS byte stream until the peer's EOF, then closes this side too
+/// (the echo end of the tunnel tests).
+pub fn echo_tls_bytes<S: TcpStreamApi>(mut s: TlsByteStream<S>) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            s.shutdown_write().unwrap();
+            return;
+        }
+        s.write_all(&buf[..n]).unwrap();
+        s.flush().unwrap();
+    }
 }

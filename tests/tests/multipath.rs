@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use plebnet::net::{NetStack, Stack};
 use plebnet_netstack::nic::ImpairConfig;
-use plebnet_tests::cells::{join_bounded, server_side, spawn_bounded};
+use plebnet_tests::cells::{echo_tls_bytes, join_bounded, server_side, spawn_bounded};
 use plebnet_tests::{drain_hash, send_pattern, stack_pair};
 use plebnet_transport::multipath::driver::{
     MultipathConnection, Tunnel, TunnelListener, connect_multipath, multipath_client_config,
@@ -176,17 +176,7 @@ fn connect_multipath_falls_back_to_one_path() {
     let listener = server.tcp_listen(format!("10.7.0.2:{PORT}").parse().unwrap()).unwrap();
     let echo = spawn_bounded("plain TLS echo", move || {
         let (tcp, _) = plebnet::net::TcpListenerApi::accept(&listener).unwrap();
-        let mut s = TlsCellStream::accept(tcp, config).unwrap().into_byte_stream();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = s.read(&mut buf).unwrap();
-            if n == 0 {
-                s.shutdown_write().unwrap();
-                return;
-            }
-            s.write_all(&buf[..n]).unwrap();
-            s.flush().unwrap();
-        }
+        echo_tls_bytes(TlsCellStream::accept(tcp, config).unwrap().into_byte_stream());
     });
     let paths: Vec<SocketAddr> =
         vec![format!("10.7.0.2:{PORT}").parse().unwrap(), format!("[fd07::2]:{PORT}").parse().unwrap()];

@@ -5,7 +5,6 @@
 //! plain TLS echo on B's stack) gets a single path, intact, with one warning. Configuration mistakes (a bad
 //! `mp@` address, a missing certificate file, a bad pin) name their line and key.
 
-use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex, Once};
 use plebnet::config::{ConfigError, NodeConfig, PeerPin};
 use plebnet::net::NetStack;
 use plebnet::node::{Node, NodeOptions};
-use plebnet_tests::cells::{join_bounded, spawn_bounded};
+use plebnet_tests::cells::{echo_tls_bytes, join_bounded, spawn_bounded};
 use plebnet_tests::{Scratch, drain_hash, send_pattern};
 use plebnet_transport::multipath::NodeMultipath;
 use plebnet_transport::tls::{Pin, TlsCellStream, self_signed, server_config};
@@ -214,17 +213,7 @@ fn mp_forward_falls_back_to_one_path_for_a_plain_tls_peer() {
     let echo = spawn_bounded("plain TLS echo", move || {
         for _ in 0..2 {
             let (tcp, _) = listener.accept().unwrap();
-            let mut s = TlsCellStream::accept(tcp, tls.clone()).unwrap().into_byte_stream();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = s.read(&mut buf).unwrap();
-                if n == 0 {
-                    s.shutdown_write().unwrap();
-                    break;
-                }
-                s.write_all(&buf[..n]).unwrap();
-                s.flush().unwrap();
-            }
+            echo_tls_bytes(TlsCellStream::accept(tcp, tls.clone()).unwrap().into_byte_stream());
         }
     });
     let a = start(&scratch.0, "a", &config_a(&ports, &pin));
