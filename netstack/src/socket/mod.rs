@@ -119,7 +119,8 @@ pub(crate) fn block_on<T>(
 }
 
 /// One try of `attempt` under the core lock: its result (the driver is
-/// rung, since the attempt may have queued work), or, if it cannot complete
+/// rung, since the attempt may have queued work, unless the attempt set
+/// `Core::driver_not_needed`), or, if it cannot complete
 /// yet, `event`'s sequence number read under that same lock. Notifications
 /// happen under the lock, so none can slip in between this read and a wait
 /// or registration on that number.
@@ -130,10 +131,14 @@ fn try_once<T>(
 ) -> Result<io::Result<T>, u64> {
     let mut core = stack.shared().lock();
     let seen = event.seq();
+    core.driver_not_needed = false;
     match attempt(&mut core) {
         Some(result) => {
+            let quiet = std::mem::take(&mut core.driver_not_needed);
             drop(core);
-            stack.wake_driver();
+            if !quiet {
+                stack.wake_driver();
+            }
             Ok(result)
         }
         None => Err(seen),

@@ -310,7 +310,16 @@ impl TcpStream {
                 None
             }
             Ok(n) => {
+                // The peer learns of the room this read made from the next
+                // acknowledgement. Only when the buffer was more than half
+                // full may its window be too small to keep data coming, and
+                // then the driver must send a window update now (smoltcp
+                // sends one once the window has doubled). Below that, the
+                // driver need not run for this read.
+                let queued_before = socket.recv_queue() + n;
+                let quiet = queued_before * 2 <= socket.recv_capacity();
                 core.note_read(inner.handle, n);
+                core.driver_not_needed = quiet;
                 Some(Ok(n))
             }
             Err(RecvError::Finished) => Some(Ok(0)),

@@ -72,6 +72,11 @@ pub(crate) struct Core {
     /// After the driver's latest poll, the NIC held packets the network
     /// did not take yet.
     pub(crate) nic_backlog: bool,
+    /// Set by an application's attempt that succeeded without giving the
+    /// driver anything to do (a read that cannot change what the peer may
+    /// send); the caller then skips ringing the driver. Cleared by the
+    /// caller.
+    pub(crate) driver_not_needed: bool,
     pub(crate) shutdown: bool,
 }
 
@@ -98,6 +103,7 @@ impl Core {
             counters,
             now: Instant::ZERO,
             nic_backlog: false,
+            driver_not_needed: false,
             shutdown: false,
         }
     }

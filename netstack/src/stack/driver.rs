@@ -71,9 +71,13 @@ pub(crate) fn run<N: Nic>(shared: Arc<Shared>, mut device: StackDevice<N>) {
             Some(fd) => &[(waker_fd, false), (fd, device.nic.wants_writable())],
             None => &[(waker_fd, false)],
         };
-        if let Err(e) = sys::wait_ready(fds, timeout) {
-            log::error!("stack {}: driver wait failed: {e}; retrying in 10 ms", shared.name);
-            std::thread::sleep(Duration::from_millis(10));
+        match sys::wait_ready(fds, timeout) {
+            Ok(ready) if ready & 1 != 0 => shared.waker.drain(),
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("stack {}: driver wait failed: {e}; retrying in 10 ms", shared.name);
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         counters.driver_wakeups.inc();
     }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 /// Blocks until one of `fds` is ready or `timeout` passes (`None`: no
 /// timeout). Each entry is a descriptor and whether writability counts too
-/// (readability always does). Returns how many descriptors are ready (0 on
-/// timeout). An interrupted call returns `Ok(0)` so the caller simply
-/// re-evaluates.
-pub(crate) fn wait_ready(fds: &[(RawFd, bool)], timeout: Option<Duration>) -> io::Result<usize> {
+/// (readability always does). Returns which descriptors are ready, bit `i`
+/// for `fds[i]` (0 on timeout). An interrupted call returns `Ok(0)` so the
+/// caller simply re-evaluates.
+pub(crate) fn wait_ready(fds: &[(RawFd, bool)], timeout: Option<Duration>) -> io::Result<u8> {
     let mut pollfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
     assert!(fds.len() <= pollfds.len(), "wait_ready supports at most 4 descriptors");
     for (slot, &(fd, writable)) in pollfds.iter_mut().zip(fds) {
@@ -31,5 +31,5 @@ pub(crate) fn wait_ready(fds: &[(RawFd, bool)], timeout: Option<Duration>) -> io
         }
         return Err(err);
     }
-    Ok(n as usize)
+    Ok(pollfds[..fds.len()].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |mask, (i, _)| mask | 1 << i))
 }
