@@ -155,25 +155,32 @@ impl phy::RxToken for MemRx<'_> {
 
 impl phy::TxToken for MemTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.fill_then_send(len, |b| (f(b), true))
+    }
+}
+
+impl MemTx<'_> {
+    /// The packet `fill` writes goes to the peer if `fill` says so.
+    fn fill_then_send<R>(self, len: usize, fill: impl FnOnce(&mut [u8]) -> (R, bool)) -> R {
         let mut buf = {
             let mut wire = self.wire.queue.lock().unwrap_or_else(|e| e.into_inner());
             wire.free.pop().unwrap_or_default()
         };
-        let r = f(buf.prepare(len));
-        if len > self.mtu {
+        let (r, send) = fill(buf.prepare(len));
+        let too_big = send && len > self.mtu;
+        if too_big {
             self.counters.dropped_too_big.inc();
-            return r;
         }
         let queued = {
             let mut wire = self.wire.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if wire.packets.len() >= self.queue_packets {
+            if send && !too_big && wire.packets.len() < self.queue_packets {
+                wire.packets.push_back(buf);
+                true
+            } else {
                 if wire.free.len() < MAX_FREE_BUFFERS {
                     wire.free.push(buf);
                 }
                 false
-            } else {
-                wire.packets.push_back(buf);
-                true
             }
         };
         if queued {
@@ -182,7 +189,7 @@ impl phy::TxToken for MemTx<'_> {
             if let Some(waker) = self.wire.receiver.get() {
                 waker.wake();
             }
-        } else {
+        } else if send && !too_big {
             self.counters.dropped_queue_full.inc();
         }
         r
@@ -227,6 +234,29 @@ impl Nic for MemNic {
     fn counters(&self) -> Vec<(String, Arc<dyn CounterSource>)> {
         vec![("memlink".to_string(), self.counters.clone() as Arc<dyn CounterSource>)]
     }
+
+    /// Swaps buffers with the stack instead of copying the packet.
+    fn receive_into(&mut self, _now: Instant, out: &mut Vec<u8>) -> bool {
+        if self.inbox.is_empty() {
+            self.refill_inbox();
+        }
+        let Some(mut buf) = self.inbox.pop_front() else { return false };
+        self.counters.rx_packets.inc();
+        self.counters.rx_bytes.add(buf.len() as u64);
+        buf.swap_into(out);
+        self.spare.push(buf);
+        true
+    }
+
+    /// smoltcp writes straight into the buffer that goes to the peer.
+    fn fill_then_send<R>(
+        token: MemTx<'_>,
+        _scratch: &mut Vec<u8>,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> (R, bool),
+    ) -> R {
+        token.fill_then_send(len, fill)
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +299,36 @@ mod tests {
         assert_eq!(a.stats().dropped_queue_full.get(), 2);
         let got: Vec<_> = std::iter::from_fn(|| recv(&mut b)).collect();
         assert_eq!(got, vec![vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn buffers_are_swapped_not_copied_and_a_kept_packet_is_not_sent() {
+        let (mut a, mut b) = MemLink::pair(MemLinkConfig::default());
+        let mut scratch = Vec::new();
+        // A packet its filler keeps never reaches the peer and is not
+        // counted as sent.
+        let filled = MemNic::fill_then_send(a.transmit(Instant::ZERO).unwrap(), &mut scratch, 40, |b| {
+            b.fill(7);
+            (b.len(), false)
+        });
+        assert_eq!(filled, 40);
+        assert_eq!(a.stats().tx_packets.get(), 0);
+        for i in 0..3u8 {
+            MemNic::fill_then_send(a.transmit(Instant::ZERO).unwrap(), &mut scratch, 100 + usize::from(i), |b| {
+                b.fill(i);
+                ((), true)
+            });
+        }
+        assert!(scratch.is_empty(), "MemLink writes into its own buffers");
+        // The receiver's buffer comes back holding exactly each packet,
+        // whatever it held before.
+        let mut out = vec![0xEE; 1500];
+        for i in 0..3u8 {
+            assert!(b.receive_into(Instant::ZERO, &mut out));
+            assert_eq!(out, vec![i; 100 + usize::from(i)]);
+        }
+        assert!(!b.receive_into(Instant::ZERO, &mut out));
+        assert_eq!(b.stats().rx_packets.get(), 3);
     }
 
     #[test]

@@ -87,4 +87,82 @@ pub trait Nic: Device + Send + 'static {
     fn counters(&self) -> Vec<(String, Arc<dyn CounterSource>)> {
         Vec::new()
     }
+
+    /// Takes the next received packet into `buf`, replacing what it held;
+    /// false when none is waiting. The stack keeps a packet for a while
+    /// after taking it (it screens it before smoltcp sees it), so it needs
+    /// the bytes in a buffer of its own. The default copies them there; a
+    /// NIC that owns whole-packet buffers overrides this to swap `buf` with
+    /// its own instead.
+    fn receive_into(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool
+    where
+        Self: Sized,
+    {
+        let Some((rx, _)) = self.receive(now) else { return false };
+        smoltcp::phy::RxToken::consume(rx, |frame| {
+            buf.clear();
+            buf.extend_from_slice(frame);
+        });
+        true
+    }
+
+    /// Uses `token` for one packet of `len` bytes that `fill` writes, and
+    /// sends it only if `fill` says so (the second half of its result).
+    /// The stack learns a packet's destination only once smoltcp has
+    /// written it, and keeps the packets addressed to itself. The default
+    /// builds the packet in `scratch` and copies it into the token; a NIC
+    /// whose token writes into a buffer of its own overrides this, so that
+    /// smoltcp writes straight into that buffer.
+    fn fill_then_send<R>(
+        token: Self::TxToken<'_>,
+        scratch: &mut Vec<u8>,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> (R, bool),
+    ) -> R
+    where
+        Self: Sized,
+    {
+        let frame = packet_buf::prepare_vec(scratch, len);
+        let (r, send) = fill(frame);
+        if send {
+            smoltcp::phy::TxToken::consume(token, len, |b| b.copy_from_slice(frame));
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default hooks, through a middleware that keeps them: the packet
+    /// is built aside and copied, a kept packet is not sent, and a
+    /// received one replaces whatever the buffer held.
+    #[test]
+    fn default_hooks_copy_exactly_and_send_only_what_is_meant_to_go() {
+        let (a, mut b) = MemLink::pair(MemLinkConfig::default());
+        let mut a = Impair::new(a, ImpairConfig::default());
+        let mut scratch = vec![0xAB; 2000];
+        let kept = Impair::<MemNic>::fill_then_send(a.transmit(Instant::ZERO).unwrap(), &mut scratch, 60, |p| {
+            p.fill(1);
+            (p.len(), false)
+        });
+        assert_eq!(kept, 60);
+        Impair::<MemNic>::fill_then_send(a.transmit(Instant::ZERO).unwrap(), &mut scratch, 300, |p| {
+            assert!(p[..packet_buf::HEADER_ROOM].iter().all(|&x| x == 0), "header room starts zeroed");
+            p.fill(2);
+            ((), true)
+        });
+        let mut out = vec![0xEE; 1500];
+        assert!(b.receive_into(Instant::ZERO, &mut out));
+        assert_eq!(out, vec![2; 300]);
+        assert!(!b.receive_into(Instant::ZERO, &mut out));
+        let mut b = Impair::new(b, ImpairConfig::default());
+        Impair::<MemNic>::fill_then_send(a.transmit(Instant::ZERO).unwrap(), &mut scratch, 20, |p| {
+            p.fill(3);
+            ((), true)
+        });
+        assert!(b.receive_into(Instant::ZERO, &mut out));
+        assert_eq!(out, vec![3; 20]);
+    }
 }

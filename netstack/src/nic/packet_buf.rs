@@ -29,12 +29,16 @@ pub(crate) struct PacketBuf {
 impl PacketBuf {
     /// The buffer for a packet of `len` bytes, for smoltcp to write.
     pub(crate) fn prepare(&mut self, len: usize) -> &mut [u8] {
-        if self.bytes.len() < len {
-            self.bytes.resize(len, 0);
-        }
         self.len = len;
-        self.bytes[..len.min(HEADER_ROOM)].fill(0);
-        &mut self.bytes[..len]
+        prepare_vec(&mut self.bytes, len)
+    }
+
+    /// Hands the packet over in `out`, whose old buffer this one keeps for
+    /// the next packet: no byte is copied. `out` ends up exactly the packet.
+    pub(crate) fn swap_into(&mut self, out: &mut Vec<u8>) {
+        std::mem::swap(&mut self.bytes, out);
+        out.truncate(self.len);
+        self.len = 0;
     }
 
     /// The packet written last.
@@ -46,6 +50,16 @@ impl PacketBuf {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+}
+
+/// [`PacketBuf::prepare`] for a plain vector whose initialized length is
+/// the buffer: grows it with zeros if needed and zeroes its header room.
+pub(crate) fn prepare_vec(bytes: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if bytes.len() < len {
+        bytes.resize(len, 0);
+    }
+    bytes[..len.min(HEADER_ROOM)].fill(0);
+    &mut bytes[..len]
 }
 
 #[cfg(test)]

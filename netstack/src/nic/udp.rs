@@ -413,8 +413,19 @@ impl phy::RxToken for UdpRx<'_> {
 
 impl phy::TxToken for UdpTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.fill_then_send(len, |b| (f(b), true))
+    }
+}
+
+impl UdpTx<'_> {
+    /// The packet `fill` writes is queued for its peer if `fill` says so.
+    fn fill_then_send<R>(self, len: usize, fill: impl FnOnce(&mut [u8]) -> (R, bool)) -> R {
         let mut buf = self.tx.free.pop().unwrap_or_default();
-        let r = f(buf.prepare(len));
+        let (r, send) = fill(buf.prepare(len));
+        if !send {
+            self.tx.free.push(buf);
+            return r;
+        }
         let dest = packet_destination(buf.packet()).and_then(|dst| self.peers.route(dst));
         if len > self.mtu {
             self.counters.tx_dropped_too_big.inc();
@@ -475,5 +486,15 @@ impl Nic for UdpNic {
 
     fn counters(&self) -> Vec<(String, Arc<dyn CounterSource>)> {
         vec![("udp".to_string(), self.counters.clone() as Arc<dyn CounterSource>)]
+    }
+
+    /// smoltcp writes straight into the buffer that is queued for sending.
+    fn fill_then_send<R>(
+        token: UdpTx<'_>,
+        _scratch: &mut Vec<u8>,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> (R, bool),
+    ) -> R {
+        token.fill_then_send(len, fill)
     }
 }

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, RxToken, TxToken};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, TxToken};
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, TcpControl, TcpSeqNumber};
 
@@ -476,14 +476,6 @@ fn screen_looped(packet: &[u8], link: Link, guard: &mut SynGuard, counters: &Sta
 /// connection's shard), or `None` (shard 0).
 pub(crate) type Route = Option<FourTuple>;
 
-/// Copies `frame` into a spare buffer.
-fn copy_frame(free: &mut Vec<Vec<u8>>, frame: &[u8]) -> Vec<u8> {
-    let mut buf = free.pop().unwrap_or_default();
-    buf.clear();
-    buf.extend_from_slice(frame);
-    buf
-}
-
 impl<N: Nic> StackDevice<N> {
     /// Takes the next packet smoltcp should see — injected, approved or
     /// looped back first, then from the NIC — screens it (ingress checks,
@@ -518,30 +510,33 @@ impl<N: Nic> StackDevice<N> {
                 return None;
             }
             let Self { nic, guard, inject, assist, keeper, loop_free, counters, link, staged, .. } = self;
-            let (rx, tx) = nic.receive(now)?;
-            drop(tx);
+            let mut frame = loop_free.pop().unwrap_or_default();
+            if !nic.receive_into(now, &mut frame) {
+                loop_free.push(frame);
+                return None;
+            }
             let (link, counters) = (*link, &**counters);
-            rx.consume(|frame| {
-                counters.rx_packets.inc();
-                counters.rx_bytes.add(frame.len() as u64);
-                let packet = match link.payload(frame) {
-                    Payload::Ip(off) => &frame[off..],
+            counters.rx_packets.inc();
+            counters.rx_bytes.add(frame.len() as u64);
+            // Some(route): stage the frame itself; None: it is dropped (or
+            // was replaced by what the checks queued instead).
+            let verdict = 'screen: {
+                let off = match link.payload(&frame) {
+                    Payload::Ip(off) => off,
                     // smoltcp checks ARP itself.
-                    Payload::Arp => {
-                        *staged = Some((copy_frame(loop_free, frame), None));
-                        return;
-                    }
+                    Payload::Arp => break 'screen Some(None),
                     Payload::Unsupported => {
                         counters.rx_dropped_link.inc();
-                        return;
+                        break 'screen None;
                     }
                 };
+                let packet = &frame[off..];
                 match ingress::inspect(packet, false) {
-                    Ok(acc) if acc.tcp.is_none_or(|t| guard.screen(&t, frame, counters)) => {
+                    Ok(acc) if acc.tcp.is_none_or(|t| guard.screen(&t, &frame, counters)) => {
                         keeper.get_mut().on_ingress(packet);
                         let route = acc.tcp.map(|t| t.tuple);
                         match assist.get_mut().on_ingress(now, packet) {
-                            Ingress::Pass => *staged = Some((copy_frame(loop_free, frame), route)),
+                            Ingress::Pass => break 'screen Some(route),
                             Ingress::AcksFirst(ack) => {
                                 // The pure ACKs go first, then the real segment.
                                 inject.extend(std::iter::repeat_n(ack.clone(), COPIES as usize - 1));
@@ -559,7 +554,12 @@ impl<N: Nic> StackDevice<N> {
                         Refusal::Fragment => counters.rx_dropped_fragment.inc(),
                     },
                 }
-            });
+                None
+            };
+            match verdict {
+                Some(route) => *staged = Some((frame, route)),
+                None => loop_free.push(frame),
+            }
             if let Some((_, route)) = &self.staged {
                 return Some(*route);
             }
@@ -568,8 +568,8 @@ impl<N: Nic> StackDevice<N> {
 }
 
 /// Permission to send one packet: to the NIC, or back to ourselves.
-pub(crate) struct StackTx<'a, T> {
-    nic: T,
+pub(crate) struct StackTx<'a, N: Nic> {
+    nic: N::TxToken<'a>,
     loopq: &'a mut VecDeque<Vec<u8>>,
     /// Spare buffers for looped packets; absent while the receive side of
     /// the same poll step holds the pool.
@@ -585,56 +585,58 @@ pub(crate) struct StackTx<'a, T> {
     now: Instant,
 }
 
-impl<T: phy::TxToken> phy::TxToken for StackTx<'_, T> {
+impl<N: Nic> phy::TxToken for StackTx<'_, N> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         // smoltcp writes the whole packet in one go, so the destination is
-        // known only afterwards: build it aside, then route it.
-        self.scratch.clear();
-        self.scratch.resize(len, 0);
-        let r = f(self.scratch);
-        let frame = &mut self.scratch[..];
-        if self.link.loop_target(frame).is_some_and(|dst| is_local(self.local, dst)) {
-            let mut buf = self.loop_free.and_then(|f| f.pop()).unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(frame);
-            self.loopq.push_back(buf);
-            self.counters.loopback_packets.inc();
-        } else {
-            self.counters.tx_packets.inc();
-            self.counters.tx_bytes.add(len as u64);
-            if let Payload::Ip(off) = self.link.payload(frame) {
+        // known only afterwards: it writes into the NIC's buffer, and a
+        // packet for ourselves is then copied to the loop queue instead of
+        // being sent.
+        let Self { nic, loopq, loop_free, scratch, local, assist, keeper, counters, link, eth_headers, snd, now } =
+            self;
+        N::fill_then_send(nic, scratch, len, |frame| {
+            let r = f(frame);
+            if link.loop_target(frame).is_some_and(|dst| is_local(local, dst)) {
+                let mut buf = loop_free.and_then(|f| f.pop()).unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(frame);
+                loopq.push_back(buf);
+                counters.loopback_packets.inc();
+                return (r, false);
+            }
+            counters.tx_packets.inc();
+            counters.tx_bytes.add(len as u64);
+            if let Payload::Ip(off) = link.payload(frame) {
                 let (header, packet) = frame.split_at_mut(off);
                 if let (Ok(header), Some(dst)) =
                     (<[u8; ETHERNET_HEADER]>::try_from(&*header), ingress::destination(packet))
-                    && self.eth_headers.get(&dst) != Some(&header)
+                    && eth_headers.get(&dst) != Some(&header)
                 {
-                    self.eth_headers.insert(dst, header);
+                    eth_headers.insert(dst, header);
                 }
                 if let Some(h) = segment::peek(packet) {
                     let tuple = (h.src, h.src_port, h.dst, h.dst_port);
                     if h.rst {
-                        self.snd.remove(&tuple);
+                        snd.remove(&tuple);
                     } else {
                         let end = h.seq + h.payload_len + usize::from(h.syn) + usize::from(h.fin);
-                        let entry = self.snd.entry(tuple).or_insert((end, h.window));
+                        let entry = snd.entry(tuple).or_insert((end, h.window));
                         if end > entry.0 {
                             entry.0 = end;
                         }
                         entry.1 = h.window;
                     }
                 }
-                self.assist.borrow_mut().on_egress(self.now, packet);
-                self.keeper.borrow_mut().on_egress(self.now, packet, |key| self.assist.borrow().srtt(key));
+                assist.borrow_mut().on_egress(now, packet);
+                keeper.borrow_mut().on_egress(now, packet, |key| assist.borrow().srtt(key));
             }
-            self.nic.consume(len, |b| b.copy_from_slice(frame));
-        }
-        r
+            (r, true)
+        })
     }
 }
 
 impl<N: Nic> Device for StackDevice<N> {
     type RxToken<'a> = StackRx<'a>;
-    type TxToken<'a> = StackTx<'a, N::TxToken<'a>>;
+    type TxToken<'a> = StackTx<'a, N>;
 
     /// The packet [`stage`](StackDevice::stage) prepared, if any (and if
     /// the NIC can take a reply).
