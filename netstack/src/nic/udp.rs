@@ -29,6 +29,13 @@ use super::udp_peers::{PeerTable, PeerTableError, UdpDrop, UdpPeer, canonical, p
 use crate::stats::CounterSource;
 use crate::sys::udp::{self as sys_udp, InMeta, OutGroup};
 
+/// Received packets at least this large are handed to the stack by swapping
+/// buffers rather than copied (see `receive_into`)...
+const SWAP_AT_LEAST: usize = 16 * 1024;
+/// ...when the stack's spare buffer needs at most this many bytes zeroed to
+/// take the received buffer's place.
+const SWAP_GROWTH_AT_MOST: usize = 4 * 1024;
+
 /// Smallest MTU accepted: IPv6's minimum link MTU.
 pub const MIN_MTU: usize = 1280;
 /// Largest MTU accepted: the biggest UDP payload over IPv4.
@@ -488,6 +495,27 @@ impl Nic for UdpNic {
         vec![("udp".to_string(), self.counters.clone() as Arc<dyn CounterSource>)]
     }
 
+    /// A large datagram that fills a receive buffer by itself (a packet at
+    /// a jumbo MTU) is handed over by swapping buffers: the stack's spare
+    /// takes its place in the receive batch. Smaller packets, and segments
+    /// of a coalesced (GRO) datagram, are copied.
+    fn receive_into(&mut self, _now: Instant, out: &mut Vec<u8>) -> bool {
+        let Some((i, off, len)) = self.next_packet() else { return false };
+        let slot = self.rx.bufs[i].len();
+        let whole = off == 0 && len == self.rx.meta[i].len;
+        // Swapping costs zeroing the spare up to the slot's length: worth it
+        // only when that is little next to the copy it saves.
+        if whole && len >= SWAP_AT_LEAST && out.len() + SWAP_GROWTH_AT_MOST >= slot {
+            std::mem::swap(&mut self.rx.bufs[i], out);
+            out.truncate(len);
+            self.rx.bufs[i].resize(slot, 0);
+        } else {
+            out.clear();
+            out.extend_from_slice(&self.rx.bufs[i][off..off + len]);
+        }
+        true
+    }
+
     /// smoltcp writes straight into the buffer that is queued for sending.
     fn fill_then_send<R>(
         token: UdpTx<'_>,
@@ -496,5 +524,61 @@ impl Nic for UdpNic {
         fill: impl FnOnce(&mut [u8]) -> (R, bool),
     ) -> R {
         token.fill_then_send(len, fill)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4-looking packet of `len` bytes from 10.9.0.2, body `fill`.
+    fn packet(len: usize, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; len];
+        p[0] = 0x45;
+        p[12..16].copy_from_slice(&[10, 9, 0, 2]);
+        p[16..20].copy_from_slice(&[10, 9, 0, 1]);
+        p
+    }
+
+    #[test]
+    fn large_datagrams_are_swapped_in_small_ones_copied_and_the_batch_stays_usable() {
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = socket.local_addr().unwrap();
+        let config = UdpNicConfig { mtu: 65_000, ..UdpNicConfig::default() };
+        let mut nic =
+            UdpNic::from_socket(socket, vec![UdpPeer::new(peer.local_addr().unwrap(), &["10.9.0.2/32"])], config)
+                .unwrap();
+        let sent: Vec<Vec<u8>> =
+            [(30_000, 1), (100, 2), (30_000, 3), (40_000, 4), (64_000, 5)].iter().map(|&(n, f)| packet(n, f)).collect();
+        for p in &sent {
+            peer.send_to(p, at).unwrap();
+        }
+        // A spare as long as a receive buffer takes the swap; an empty one
+        // (or a short one) gets a copy. Either way `out` is exactly the packet.
+        let mut long = vec![0xEE; 65_535];
+        let mut short = Vec::new();
+        assert!(nic.receive_into(Instant::ZERO, &mut long));
+        assert_eq!(long, sent[0]);
+        assert!(nic.receive_into(Instant::ZERO, &mut short));
+        assert_eq!(short, sent[1]);
+        assert!(nic.receive_into(Instant::ZERO, &mut short));
+        assert_eq!(short, sent[2]);
+        let mut again = vec![0xEE; 65_535];
+        assert!(nic.receive_into(Instant::ZERO, &mut again));
+        assert_eq!(again, sent[3]);
+        assert!(nic.receive_into(Instant::ZERO, &mut long));
+        assert_eq!(long, sent[4]);
+        assert!(!nic.receive_into(Instant::ZERO, &mut long));
+        // The buffers swapped into the batch receive the next datagrams whole.
+        let more: Vec<Vec<u8>> = (0..8u8).map(|i| packet(50_000 + usize::from(i), 10 + i)).collect();
+        for p in &more {
+            peer.send_to(p, at).unwrap();
+        }
+        for p in &more {
+            assert!(nic.receive_into(Instant::ZERO, &mut long));
+            assert_eq!(&long, p);
+        }
+        assert_eq!(nic.counters.rx_packets.get(), 13);
     }
 }
