@@ -29,11 +29,11 @@ use super::udp_peers::{PeerTable, PeerTableError, UdpDrop, UdpPeer, canonical, p
 use crate::stats::CounterSource;
 use crate::sys::udp::{self as sys_udp, InMeta, OutGroup};
 
-/// Received packets at least this large are handed to the stack by swapping
-/// buffers rather than copied (see `receive_into`)...
+/// The smallest received packet that `receive_into` hands over by swapping
+/// buffers instead of copying.
 const SWAP_AT_LEAST: usize = 16 * 1024;
-/// ...when the stack's spare buffer needs at most this many bytes zeroed to
-/// take the received buffer's place.
+/// The most bytes `receive_into` zeroes to make the stack's spare buffer as
+/// long as the receive buffer it replaces; beyond that it copies instead.
 const SWAP_GROWTH_AT_MOST: usize = 4 * 1024;
 
 /// Smallest MTU accepted: IPv6's minimum link MTU.
